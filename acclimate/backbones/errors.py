@@ -1,0 +1,10 @@
+"""The one error type of `acclimate.backbones`."""
+
+from __future__ import annotations
+
+
+class BackboneError(ValueError):
+    """A backbone cannot be built or its weights cannot be loaded.
+
+    The message is one line that names the model or file involved and says how to fix it.
+    """

@@ -1,0 +1,94 @@
+"""Lightning plumbing: atomic checkpoints, the online kNN monitor, metadata in checkpoints."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+from acclimate.data.datamodule import eval_loader
+from acclimate.eval.evaluate import EvalSettings
+from acclimate.eval.features import extract_features
+from acclimate.eval.knn import knn_accuracy
+
+log = logging.getLogger(__name__)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Write to a temporary file in the same folder, fsync, then rename over the target: a run
+    killed mid-save keeps its previous checkpoint intact. Loads with ``weights_only=True``."""
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None
+    ) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+
+    def load_checkpoint(
+        self, path: Any, map_location: Any = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+
+
+class RunMetadata(pl.Callback):
+    """Store the resolved recipe and normalisation in every checkpoint, under "acclimate", so
+    that a checkpoint alone is enough to rebuild and export its backbone."""
+
+    def __init__(self, metadata: dict[str, Any]) -> None:
+        self.metadata = metadata
+
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        checkpoint["acclimate"] = self.metadata
+
+
+class KNNMonitor(pl.Callback):
+    """Weighted kNN top-1 of the exported backbone on a labelled split, logged as ``knn/top1``
+    before training (step 0) and every ``every_n_epochs`` epochs. Runs on global rank 0 only."""
+
+    def __init__(
+        self, train_src: Any, test_src: Any, transform: Any, settings: EvalSettings
+    ) -> None:
+        self.train_src, self.test_src = train_src, test_src
+        self.transform = transform
+        self.settings = settings
+
+    def _measure(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        s = self.settings
+        model = module.export_backbone()
+        feats = [
+            extract_features(model, eval_loader(src, self.transform, s.batch_size, 0))
+            for src in (self.train_src, self.test_src)
+        ]
+        acc = knn_accuracy(*feats[0], *feats[1], k=s.knn_k, temperature=s.knn_temperature)
+        log.info("kNN top-1 at step %d: %.4f", trainer.global_step, acc)
+        for lg in trainer.loggers:
+            lg.log_metrics({"knn/top1": acc}, step=trainer.global_step)
+
+    def on_train_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        if trainer.global_step == 0:
+            self._measure(trainer, module)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        n = self.settings.every_n_epochs
+        last = trainer.current_epoch + 1 >= (trainer.max_epochs or 0)
+        if n and ((trainer.current_epoch + 1) % n == 0 or last):
+            self._measure(trainer, module)

@@ -1,0 +1,105 @@
+"""A torch Dataset over an ImageSource that skips unreadable files instead of crashing mid-epoch."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from acclimate.data.readers import DataError, describe_error
+from acclimate.data.sources import ImageSource
+
+log = logging.getLogger(__name__)
+
+
+def _one_field(text: str) -> str:
+    """Text safe for one tab-separated field of a one-line log entry."""
+    return " ".join(text.split("\t")).replace("\n", " ").replace("\r", " ")
+
+
+def read_bad_file_log(path: str | Path) -> dict[str, str]:
+    """The entries of a bad-file log as {path: reason}, duplicates merged; {} if it does not exist.
+
+    Each DataLoader worker writes its own finds, so the count for a run is ``len`` of this.
+    """
+    path = Path(path)
+    if not path.exists():
+        return {}
+    entries: dict[str, str] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        where, _, reason = line.partition("\t")
+        if where:
+            entries.setdefault(where, reason)
+    return entries
+
+
+class ImageDataset(Dataset):
+    """Items ``(transform(image), label)`` of an ImageSource; ``image`` is uint8 (C, H, W).
+
+    When an item cannot be decoded (corrupt, truncated, missing), the file is reported once per
+    process (a WARNING, and a ``path<TAB>reason`` line appended to ``bad_file_log``) and the next
+    readable item is returned instead. ``n_bad`` counts the distinct bad items this process met;
+    DataLoader workers each keep their own count, so use ``read_bad_file_log`` for a run total.
+    """
+
+    max_tries = 50  # consecutive unreadable items before giving up with a DataError
+
+    def __init__(
+        self,
+        source: ImageSource,
+        transform: Callable[[torch.Tensor], Any] | None = None,
+        bad_file_log: str | Path | None = None,
+    ) -> None:
+        self.source = source
+        self.transform = transform
+        self.bad_file_log = None if bad_file_log is None else Path(bad_file_log)
+        if self.bad_file_log is not None:
+            self.bad_file_log.parent.mkdir(parents=True, exist_ok=True)
+        self.n_bad = 0
+        self._bad: set[int] = set()
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        n = len(self.source)
+        index = range(n)[index]  # IndexError past the end, as the Dataset protocol expects
+        last_error = ""
+        for step in range(min(self.max_tries, n)):
+            i = (index + step) % n
+            try:
+                image = self.source.load(i)
+            except Exception as exc:  # decoders raise OSError, ValueError, SyntaxError, ...
+                last_error = describe_error(exc)
+                self._report_bad(i, last_error)
+                continue
+            label = int(self.source.labels[i])
+            return (image if self.transform is None else self.transform(image)), label
+        raise DataError(
+            f"{self.source.name}: no readable image in {min(self.max_tries, n)} items "
+            f"from {self.source.describe(index)} on (last error: {last_error}); "
+            "run `acclimate stats` on the source and fix or remove the bad files"
+        )
+
+    def _report_bad(self, i: int, reason: str) -> None:
+        if i in self._bad:
+            return
+        self._bad.add(i)
+        self.n_bad += 1
+        where = _one_field(self.source.describe(i))
+        if self.bad_file_log is None:
+            log.warning("skipping unreadable image %s (%s)", where, reason)
+            return
+        if where in read_bad_file_log(self.bad_file_log):  # met by another worker or epoch
+            log.debug("skipping unreadable image %s (already logged)", where)
+            return
+        log.warning(
+            "skipping unreadable image %s (%s); listed in %s", where, reason, self.bad_file_log
+        )
+        # One short write in append mode: lines from several worker processes do not interleave.
+        with open(self.bad_file_log, "a", encoding="utf-8") as f:
+            f.write(f"{where}\t{_one_field(reason)}\n")

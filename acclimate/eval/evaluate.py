@@ -1,0 +1,143 @@
+"""The frozen-feature protocol: the same kNN and linear probe for any backbone, so the starting
+backbone and the adapted one are measured alike."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from acclimate.data.datamodule import eval_loader
+from acclimate.data.sources import DataError, ImageSource, list_splits, open_source
+from acclimate.eval.features import extract_features
+from acclimate.eval.knn import knn_accuracy
+from acclimate.eval.linear import LinearProbe, train_linear_probe
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalSettings:
+    """Frozen-feature evaluation: the online kNN monitor and the before/after comparison.
+
+    Args:
+        data: a labelled source (class folders, CSV with labels, .npz); default: the training
+            source when it is labelled. Without one, runs train but report no accuracy.
+        train_split: split the kNN bank and the probe are fitted on.
+        test_split: held-out split that is scored; ``auto`` = ``test`` if present, else ``val``;
+            a source without splits is split 80/20 at random (seed 0).
+        every_n_epochs: online kNN monitor period (0 turns it off).
+        knn_k, knn_temperature: weighted kNN (DINO's eval_knn: k=20, T=0.07).
+        probe_weight_decay: L2 penalty of the linear probe.
+        max_train_images, max_test_images: random subsets (seed 0) to bound evaluation time.
+        before_after: measure the starting backbone and the adapted one with the same protocol
+            at the end of training (the evidence that adaptation helped).
+        batch_size, num_workers: feature-extraction loader.
+    """
+
+    data: str | None = None
+    train_split: str = "train"
+    test_split: str = "auto"
+    every_n_epochs: int = 1
+    knn_k: int = 20
+    knn_temperature: float = 0.07
+    probe_weight_decay: float = 1e-3
+    max_train_images: int | None = 10000
+    max_test_images: int | None = 5000
+    before_after: bool = True
+    batch_size: int = 128
+    num_workers: int = 2
+
+    def __post_init__(self) -> None:
+        if self.knn_k < 1:
+            raise ValueError(f"knn_k must be >= 1, got {self.knn_k}")
+        if self.every_n_epochs < 0:
+            raise ValueError(f"every_n_epochs must be >= 0, got {self.every_n_epochs}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _limit(source: ImageSource, n: int | None, seed: int = 0) -> ImageSource:
+    if n is None or len(source) <= n:
+        return source
+    rng = np.random.default_rng(seed)
+    return source.subset(sorted(rng.choice(len(source), size=n, replace=False).tolist()))
+
+
+def labelled_splits(
+    spec: str, channels: int, settings: EvalSettings
+) -> tuple[ImageSource, ImageSource]:
+    """Open the (train, test) sources of a labelled evaluation set, subsampled per settings."""
+    splits = list_splits(spec)
+    if splits:
+        test = settings.test_split
+        if test == "auto":
+            test = "test" if "test" in splits else "val" if "val" in splits else None
+            if test is None:
+                raise DataError(
+                    f"{spec}: evaluation needs a held-out split (test or val); found {splits}"
+                )
+        train_src = open_source(spec, settings.train_split, channels=channels)
+        test_src = open_source(spec, test, channels=channels)
+    else:
+        whole = open_source(spec, None, channels=channels)
+        perm = np.random.default_rng(0).permutation(len(whole))
+        cut = int(round(0.8 * len(whole)))
+        train_src, test_src = whole.subset(sorted(perm[:cut])), whole.subset(sorted(perm[cut:]))
+        log.info("%s has no splits: evaluating on a random 80/20 split (seed 0)", spec)
+    for src, role in ((train_src, "train"), (test_src, "test")):
+        if not src.has_labels:
+            raise DataError(
+                f"{src.name}: evaluation needs labels (class folders or a label column)"
+            )
+        if len(src) == 0:
+            raise DataError(f"{src.name}: the {role} split of the evaluation data is empty")
+    return _limit(train_src, settings.max_train_images), _limit(test_src, settings.max_test_images)
+
+
+def score_features(
+    train: tuple[torch.Tensor, torch.Tensor],
+    test: tuple[torch.Tensor, torch.Tensor],
+    settings: EvalSettings,
+    classes: list[str] | None = None,
+) -> tuple[dict[str, float], LinearProbe]:
+    """kNN and linear-probe top-1 accuracy from cached features (N, D) and labels (N,)."""
+    (xtr, ytr), (xte, yte) = train, test
+    n_classes = int(max(ytr.max(), yte.max()).item()) + 1
+    knn = knn_accuracy(xtr, ytr, xte, yte, settings.knn_k, settings.knn_temperature)
+    probe = train_linear_probe(xtr, ytr, n_classes, settings.probe_weight_decay, classes=classes)
+    metrics = {
+        "knn_top1": knn,
+        "linear_top1": probe.accuracy(xte, yte),
+        "n_train": int(len(ytr)),
+        "n_test": int(len(yte)),
+    }
+    return metrics, probe
+
+
+def evaluate_backbone(
+    model: nn.Module,
+    train_src: ImageSource,
+    test_src: ImageSource,
+    transform: Callable[[Any], Any],
+    settings: EvalSettings,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+) -> tuple[dict[str, float], LinearProbe]:
+    """Extract pooled features of both splits and score them (kNN + linear probe)."""
+    loaders = [
+        eval_loader(s, transform, settings.batch_size, settings.num_workers)
+        for s in (train_src, test_src)
+    ]
+    model = model.to(device)
+    train = extract_features(
+        model, loaders[0], device=device, progress=progress, desc="train feats"
+    )
+    test = extract_features(model, loaders[1], device=device, progress=progress, desc="test feats")
+    return score_features(train, test, settings, classes=list(train_src.classes))

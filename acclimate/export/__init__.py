@@ -1,0 +1,14 @@
+"""Export folders (timm layout + probes + metadata) and loading them."""
+
+from acclimate.export.artifact import META_FILE, export_backbone, write_model_card
+from acclimate.export.load import Extractor, ResolvedModel, load, resolve_model
+
+__all__ = [
+    "META_FILE",
+    "Extractor",
+    "ResolvedModel",
+    "export_backbone",
+    "load",
+    "resolve_model",
+    "write_model_card",
+]

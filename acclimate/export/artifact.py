@@ -1,0 +1,160 @@
+"""The export folder: timm's own layout (``config.json`` + ``model.safetensors``) so that stock
+``timm.create_model("local-dir:DIR", pretrained=True, num_classes=0)`` loads it, plus acclimate's
+metadata, the resolved recipe, probes and a model card."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+from timm.models import save_for_hf
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+META_FILE = "acclimate.json"
+FORMAT_VERSION = 1
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def export_backbone(
+    backbone: nn.Module,
+    out_dir: str | Path,
+    *,
+    mean: list[float],
+    std: list[float],
+    image_size: int,
+    recipe: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
+    source: str | None = None,
+) -> Path:
+    """Write ``backbone`` (a timm model with ``num_classes=0``) as an export folder.
+
+    The preprocessing (resize the short side to ``image_size``, centre-crop, normalise with
+    ``mean``/``std`` in [0, 1] units) goes into timm's ``pretrained_cfg`` and ``acclimate.json``.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model = copy.deepcopy(backbone).cpu().eval()
+    if any("lora" in k.lower() for k in model.state_dict()):
+        raise ValueError("the backbone still holds LoRA tensors; merge adapters before export")
+    channels = len(mean)
+    data_config = {
+        "input_size": (channels, image_size, image_size),
+        "mean": tuple(mean),
+        "std": tuple(std),
+        "crop_pct": 1.0,
+        "crop_mode": "center",
+        "interpolation": "bilinear",
+    }
+    save_for_hf(model, str(out), safe_serialization=True, data_config=data_config)
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "architecture": model.pretrained_cfg.get("architecture", type(model).__name__),
+        "num_features": int(model.num_features),
+        "channels": channels,
+        "image_size": image_size,
+        "mean": list(mean),
+        "std": list(std),
+        "preprocessing": "resize short side to image_size (bilinear, antialias), centre crop, "
+        "scale to [0, 1], subtract mean, divide by std",
+        "feature_kinds": ["pooled", "cls", "patch"]
+        if hasattr(model, "blocks")
+        else ["pooled", "patch"],
+        "source": source,
+        "metrics": metrics or {},
+    }
+    _write_json(out / META_FILE, meta)
+    if recipe is not None:
+        (out / "recipe.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(recipe)))
+    write_model_card(out)
+    log.info("exported %s to %s", meta["architecture"], out)
+    return out
+
+
+def _fmt(x: Any) -> str:
+    return f"{x:.4f}" if isinstance(x, float) else str(x)
+
+
+def write_model_card(out: str | Path) -> Path:
+    """(Re)write ``README.md`` from ``acclimate.json``, the recipe and the probes."""
+    out = Path(out)
+    meta = json.loads((out / META_FILE).read_text())
+    recipe = (
+        OmegaConf.to_container(OmegaConf.load(out / "recipe.yaml"))
+        if (out / "recipe.yaml").exists()
+        else {}
+    )
+    lines = [f"# {meta['architecture']} adapted with acclimate", ""]
+    if recipe:
+        b, d, m = recipe.get("backbone", {}), recipe.get("data", {}), recipe.get("method", {})
+        lines += [
+            f"- Starting backbone: `{b.get('name')}` with weights `{b.get('weights')}`",
+            f"- Method: {m.get('name')}; training data: `{d.get('train')}`",
+        ]
+    lines += [
+        f"- Input: {meta['channels']} channel(s), {meta['image_size']} px; {meta['preprocessing']}",
+        f"- mean {meta['mean']}, std {meta['std']}",
+        "",
+    ]
+    m = meta.get("metrics") or {}
+    if m.get("before") and m.get("after"):
+        lines += [
+            "## Before / after adaptation (frozen features, same protocol)",
+            "",
+            "| model | linear probe top-1 | kNN top-1 (k=20) | test images |",
+            "|---|---|---|---|",
+            *(
+                f"| {label} | {_fmt(r['linear_top1'])} | {_fmt(r['knn_top1'])} | {r['n_test']} |"
+                for label, r in (("starting backbone", m["before"]), ("adapted", m["after"]))
+            ),
+            "",
+        ]
+    probes = sorted((out / "probes").glob("*.json")) if (out / "probes").exists() else []
+    if probes:
+        lines += [
+            "## Linear probes",
+            "",
+            "| probe | classes | test top-1 | data |",
+            "|---|---|---|---|",
+        ]
+        for p in probes:
+            info = json.loads(p.read_text())
+            lines.append(
+                f"| {p.stem} | {len(info.get('classes', []))} | "
+                f"{_fmt(info.get('metrics', {}).get('linear_top1'))} | `{info.get('data')}` |"
+            )
+        lines.append("")
+    lines += [
+        "## Use",
+        "",
+        "```python",
+        "import timm  # no acclimate needed",
+        f'model = timm.create_model("local-dir:{out.name}", pretrained=True, num_classes=0)',
+        "",
+        "import acclimate  # preprocessing, CLS/pooled/patch features and probe predictions",
+        f'extractor = acclimate.load("{out.name}")',
+        "```",
+        "",
+    ]
+    (out / "README.md").write_text("\n".join(lines))
+    return out / "README.md"
+
+
+def checkpoint_metadata(ckpt: str | Path) -> dict[str, Any]:
+    """The run metadata stored by acclimate in a Lightning checkpoint (weights_only load)."""
+    obj = torch.load(ckpt, map_location="cpu", weights_only=True)
+    meta = obj.get("acclimate") if isinstance(obj, dict) else None
+    if not meta:
+        raise ValueError(f"{ckpt}: not an acclimate training checkpoint (no 'acclimate' metadata)")
+    return meta

@@ -1,0 +1,172 @@
+"""Using an export: ``acclimate.load(DIR)`` and resolving MODEL arguments of the CLI."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import timm
+import torch
+from PIL import Image
+from torch import Tensor, nn
+
+from acclimate.data.readers import read_image
+from acclimate.data.transforms import EvalTransform
+from acclimate.eval.features import FeatureKind, features_of
+from acclimate.eval.linear import LinearProbe
+from acclimate.export.artifact import META_FILE, checkpoint_metadata
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Extractor:
+    """A frozen feature extractor with its preprocessing and linear probes.
+
+    ``features`` and ``predict`` take image paths, PIL images, numpy arrays (H, W[, C]) uint8 or
+    uint8 tensors (C, H, W) / (B, C, H, W); preprocessing is applied for you.
+    """
+
+    model: nn.Module
+    mean: list[float]
+    std: list[float]
+    image_size: int
+    probes: dict[str, LinearProbe] = field(default_factory=dict)
+    probe_info: dict[str, dict[str, Any]] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.model.eval()
+        self.transform = EvalTransform(self.image_size, self.mean, self.std)
+
+    @property
+    def channels(self) -> int:
+        return len(self.mean)
+
+    def _to_tensor(self, image: Any) -> Tensor:
+        if isinstance(image, (str, Path)):
+            return read_image(image, self.channels)
+        if isinstance(image, Image.Image):
+            image = np.asarray(image.convert("L" if self.channels == 1 else "RGB"))
+        if isinstance(image, np.ndarray):
+            arr = image[..., None] if image.ndim == 2 else image
+            return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+        if isinstance(image, Tensor):
+            return image
+        raise TypeError(f"cannot read an image from {type(image).__name__}")
+
+    def preprocess(self, images: Any) -> Tensor:
+        """Images -> normalised batch (B, C, image_size, image_size)."""
+        if isinstance(images, Tensor) and images.ndim == 4:
+            items: Sequence[Any] = list(images)
+        elif isinstance(images, (list, tuple)):
+            items = images
+        else:
+            items = [images]
+        return torch.stack([self.transform(self._to_tensor(x)) for x in items])
+
+    @torch.no_grad()
+    def features(self, images: Any, kind: FeatureKind = "pooled") -> Tensor:
+        """(B, D) pooled or CLS features, or (B, N, D) patch features."""
+        x = self.preprocess(images).to(next(self.model.parameters()).device)
+        return features_of(self.model, x, kind).float().cpu()
+
+    @torch.no_grad()
+    def predict(self, images: Any, probe: str | None = None) -> tuple[list[str], Tensor]:
+        """Class names and probabilities (B, C) from a saved linear probe."""
+        if not self.probes:
+            raise ValueError(
+                "this export has no probes; train one with `acclimate probe DIR --data SRC`"
+            )
+        name = probe or next(iter(self.probes))
+        if name not in self.probes:
+            raise ValueError(f"no probe {name!r}; available: {', '.join(self.probes)}")
+        p = self.probes[name]
+        kind = self.probe_info.get(name, {}).get("feature", "pooled")
+        probs = p.logits(self.features(images, kind)).softmax(1)
+        classes = p.classes or [str(i) for i in range(probs.shape[1])]
+        return [classes[i] for i in probs.argmax(1).tolist()], probs
+
+
+def load(path: str | Path, device: str | torch.device = "cpu") -> Extractor:
+    """Load an export folder written by ``acclimate export``."""
+    path = Path(path)
+    if not (path / "config.json").is_file() or not (path / META_FILE).is_file():
+        raise FileNotFoundError(
+            f"{path}: not an acclimate export folder (needs config.json and {META_FILE}); "
+            "make one with `acclimate export RUN --out DIR`"
+        )
+    meta = json.loads((path / META_FILE).read_text())
+    model = timm.create_model(f"local-dir:{path.resolve()}", pretrained=True, num_classes=0)
+    probes, info = {}, {}
+    for pj in sorted((path / "probes").glob("*.json")) if (path / "probes").exists() else []:
+        data = json.loads(pj.read_text())
+        probes[pj.stem] = LinearProbe.load(pj.with_suffix(".safetensors"), data.get("classes"))
+        info[pj.stem] = data
+    return Extractor(
+        model.to(device), meta["mean"], meta["std"], int(meta["image_size"]), probes, info, meta
+    )
+
+
+@dataclass
+class ResolvedModel:
+    """A backbone plus the preprocessing it expects, from any MODEL argument."""
+
+    model: nn.Module
+    mean: list[float]
+    std: list[float]
+    image_size: int
+    description: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_model(
+    spec: str,
+    weights: str | None = None,
+    image_size: int | None = None,
+    in_chans: int = 3,
+    which: str = "teacher",
+) -> ResolvedModel:
+    """MODEL is an export folder, a run folder, a ``.ckpt`` of ours, or a timm name (+ weights).
+
+    For a timm name the preprocessing is the weights' own (``pretrained_cfg``, usually ImageNet
+    statistics) at ``image_size`` (default 224).
+    """
+    from acclimate.backbones import create_backbone
+
+    p = Path(spec)
+    if p.is_dir() and (p / META_FILE).is_file():
+        ex = load(p)
+        return ResolvedModel(
+            ex.model, ex.mean, ex.std, image_size or ex.image_size, f"export {p}", ex.meta
+        )
+    if p.is_dir() and (p / "checkpoints" / "last.ckpt").is_file():
+        p = p / "checkpoints" / "last.ckpt"
+    if p.is_file() and p.suffix == ".ckpt":
+        meta = checkpoint_metadata(p)
+        b = meta["recipe"]["backbone"]
+        model = create_backbone(b["name"], weights=str(p), in_chans=b["in_chans"], prefer=which)
+        return ResolvedModel(
+            model,
+            meta["mean"],
+            meta["std"],
+            image_size or meta["image_size"],
+            f"checkpoint {p} ({which})",
+            meta,
+        )
+    if p.exists():
+        raise ValueError(
+            f"{spec}: expected an export folder, a run folder or a .ckpt checkpoint; for a weights "
+            "file pass the timm name as MODEL and the file with --weights"
+        )
+    model = create_backbone(spec, weights=weights, in_chans=in_chans)
+    cfg = getattr(model, "pretrained_cfg", {}) or {}
+    mean, std = list(cfg.get("mean", (0.5,) * in_chans)), list(cfg.get("std", (0.5,) * in_chans))
+    if len(mean) != in_chans:
+        mean, std = [float(np.mean(mean))] * in_chans, [float(np.mean(std))] * in_chans
+    return ResolvedModel(model, mean, std, image_size or 224, f"{spec} (weights: {weights})")

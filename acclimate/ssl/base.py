@@ -1,0 +1,133 @@
+"""Shared training logic of every self-supervised method: optimiser, schedules, frozen warm-up."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+
+from acclimate.ssl.optim import OptimSettings, param_groups
+from acclimate.ssl.schedules import warmup_cosine
+
+
+class SSLModule(pl.LightningModule):
+    """Base LightningModule: a student ``backbone`` plus method heads.
+
+    Subclasses implement ``training_step`` and ``head_modules`` and may override
+    ``export_backbone`` (the network whose weights are exported: the EMA teacher where there is
+    one). Schedules are evaluated every optimisation step from ``global_step``, so a resumed run
+    continues them exactly.
+
+    Args:
+        backbone: a timm model built with ``num_classes=0``: ``backbone(x)`` gives (B, D) features.
+        batch_size: images per device per step; with the world size and gradient accumulation it
+            sets the total batch that scales the learning rate.
+        optim: optimiser settings (the recipe's ``optim:`` section).
+    """
+
+    def __init__(self, backbone: nn.Module, batch_size: int, optim: OptimSettings | None) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.optim = optim or OptimSettings()
+        self.batch_size = batch_size
+
+    # --- what subclasses provide -------------------------------------------------------------
+    def head_modules(self) -> list[nn.Module]:
+        """Trainable modules other than the backbone (projection heads, predictors)."""
+        raise NotImplementedError
+
+    def export_backbone(self) -> nn.Module:
+        """The backbone whose weights are exported and evaluated."""
+        return self.backbone
+
+    # --- progress -------------------------------------------------------------------------------
+    @property
+    def steps_per_epoch(self) -> int:
+        trainer = self.trainer
+        batches = trainer.num_training_batches
+        if not math.isfinite(batches) or batches <= 0:
+            total = trainer.estimated_stepping_batches
+            epochs = max(trainer.max_epochs or 1, 1)
+            return max(int(total // epochs), 1)
+        return max(math.ceil(batches / trainer.accumulate_grad_batches), 1)
+
+    @property
+    def total_steps(self) -> int:
+        return max(int(self.trainer.estimated_stepping_batches), 1)
+
+    @property
+    def epoch_progress(self) -> float:
+        """Optimisation steps done, in epochs (fractional)."""
+        return self.global_step / self.steps_per_epoch
+
+    @property
+    def backbone_frozen(self) -> bool:
+        return self.epoch_progress < self.optim.freeze_backbone_epochs
+
+    @contextmanager
+    def maybe_frozen(self) -> Iterator[None]:
+        """Run the student backbone without gradient during the frozen warm-up."""
+        with torch.no_grad() if self.backbone_frozen else nullcontext():
+            yield
+
+    # --- optimisation ---------------------------------------------------------------------------
+    def lr_factor(self) -> float:
+        world = self.trainer.world_size * self.trainer.accumulate_grad_batches
+        return self.batch_size * world / 256.0
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        o = self.optim
+        groups = param_groups(self.backbone, lr_scale=o.backbone_lr_mult)
+        for g in groups:
+            g["is_backbone"] = True
+        for head in self.head_modules():
+            groups += param_groups(head, lr_scale=1.0)
+        if o.optimizer == "sgd":
+            return torch.optim.SGD(groups, lr=0.0, momentum=0.9)
+        return torch.optim.AdamW(groups, lr=0.0, weight_decay=o.weight_decay)
+
+    def scheduled_lr(self, backbone: bool) -> float:
+        o = self.optim
+        spe, total = self.steps_per_epoch, self.total_steps
+        scale = self.lr_factor()
+        warm = int(o.warmup_epochs * spe)
+        step = self.global_step
+        if backbone:
+            frozen = int(o.freeze_backbone_epochs * spe)
+            if step < frozen:
+                return 0.0
+            step, total = step - frozen, max(total - frozen, 1)
+        return warmup_cosine(step, total, o.lr * scale, o.min_lr * scale, warm)
+
+    def scheduled_wd(self) -> float:
+        o = self.optim
+        end = o.weight_decay if o.weight_decay_end is None else o.weight_decay_end
+        return warmup_cosine(self.global_step, self.total_steps, o.weight_decay, end)
+
+    def on_train_batch_start(self, batch: object, batch_idx: int) -> None:
+        lr_head, lr_backbone, wd = (
+            self.scheduled_lr(False),
+            self.scheduled_lr(True),
+            self.scheduled_wd(),
+        )
+        for opt in self.trainer.optimizers:
+            for g in opt.param_groups:
+                base = lr_backbone if g.get("is_backbone") else lr_head
+                g["lr"] = base * g["lr_scale"]
+                g["weight_decay"] = wd if g["apply_wd"] else 0.0
+        self.backbone.train(not self.backbone_frozen)
+        self.log_dict(
+            {
+                "lr/head": lr_head,
+                "lr/backbone": lr_backbone * self.optim.backbone_lr_mult,
+                "wd": wd,
+                "backbone_frozen": float(self.backbone_frozen),
+            },
+            on_step=True,
+            on_epoch=False,
+            batch_size=self.batch_size,
+        )

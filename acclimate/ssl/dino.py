@@ -1,0 +1,162 @@
+"""DINO self-distillation (Caron et al., "Emerging Properties in Self-Supervised Vision
+Transformers", ICCV 2021), set up for continuing from a pretrained backbone."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import Tensor, nn
+
+from acclimate.backbones import feature_dim
+from acclimate.ssl.base import SSLModule
+from acclimate.ssl.center import Center
+from acclimate.ssl.ema import cosine_momentum, update_ema
+from acclimate.ssl.heads import DINOHead
+from acclimate.ssl.losses import DINOLoss
+from acclimate.ssl.optim import OptimSettings
+from acclimate.ssl.schedules import linear_warmup
+
+
+def forward_by_size(backbone: nn.Module, views: list[Tensor]) -> Tensor:
+    """Run ``backbone`` once per run of same-sized views (global crops, then local crops).
+
+    views: V tensors (B, C, H_v, W_v) -> (V * B, D) features in view order.
+    """
+    out, i = [], 0
+    while i < len(views):
+        j = i
+        while j < len(views) and views[j].shape[-2:] == views[i].shape[-2:]:
+            j += 1
+        out.append(backbone(torch.cat(views[i:j])))
+        i = j
+    return torch.cat(out)
+
+
+class DINO(SSLModule):
+    """Student/teacher self-distillation with multi-crop, an EMA teacher and centring.
+
+    The teacher starts from the same pretrained weights as the student (a copy), sees the global
+    crops only, and follows the student by EMA with a cosine momentum schedule. The batch is a dict
+    ``({"global": [G x (B, C, H, W)], "local": [L x (B, C, h, w)]}, labels)`` from
+    ``MultiCropTransform`` through ``ImageDataset``.
+
+    Args:
+        backbone: student backbone; ``backbone(x)`` -> (B, D).
+        batch_size: images per device per step (sets the learning-rate scaling).
+        optim: optimiser settings.
+        out_dim: prototypes K of the DINO head (paper: 65536).
+        hidden_dim, bottleneck_dim, head_layers, use_bn_in_head, norm_last_layer: DINO head shape.
+        student_temp: student temperature (paper: 0.1).
+        teacher_temp: final teacher temperature (paper: 0.04-0.07).
+        warmup_teacher_temp: starting teacher temperature (paper: 0.04).
+        warmup_teacher_temp_epochs: linear warm-up of the teacher temperature (paper: 30 of 100).
+        center_momentum: centre EMA momentum (paper: 0.9).
+        momentum_teacher: starting teacher EMA momentum, raised to ``momentum_teacher_end`` by a
+            cosine schedule (paper: 0.996 -> 1). Raise it towards 0.999 on small datasets.
+        freeze_last_layer_epochs: keep the prototype layer fixed this long (paper: 1 epoch).
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        batch_size: int = 64,
+        optim: OptimSettings | None = None,
+        out_dim: int = 65536,
+        hidden_dim: int = 2048,
+        bottleneck_dim: int = 256,
+        head_layers: int = 3,
+        use_bn_in_head: bool = False,
+        norm_last_layer: bool = True,
+        student_temp: float = 0.1,
+        teacher_temp: float = 0.04,
+        warmup_teacher_temp: float = 0.04,
+        warmup_teacher_temp_epochs: float = 0.0,
+        center_momentum: float = 0.9,
+        momentum_teacher: float = 0.996,
+        momentum_teacher_end: float = 1.0,
+        freeze_last_layer_epochs: float = 1.0,
+    ) -> None:
+        super().__init__(backbone, batch_size, optim)
+        if not 0.0 <= momentum_teacher <= momentum_teacher_end <= 1.0:
+            raise ValueError(
+                "need 0 <= momentum_teacher <= momentum_teacher_end <= 1, got "
+                f"{momentum_teacher} and {momentum_teacher_end}"
+            )
+        if teacher_temp <= 0 or warmup_teacher_temp <= 0:
+            raise ValueError("teacher_temp and warmup_teacher_temp must be positive")
+        self.save_hyperparameters(ignore=["backbone", "optim"])
+        self.hparams["optim"] = self.optim.to_dict()
+        dim = feature_dim(backbone)
+        head_args = dict(
+            hidden_dim=hidden_dim,
+            bottleneck_dim=bottleneck_dim,
+            n_layers=head_layers,
+            use_bn=use_bn_in_head,
+        )
+        self.head = DINOHead(dim, out_dim, norm_last_layer=norm_last_layer, **head_args)
+        self.teacher_backbone = copy.deepcopy(backbone).requires_grad_(False)
+        self.teacher_head = copy.deepcopy(self.head).requires_grad_(False)
+        self.center = Center(out_dim, center_momentum)
+        self.criterion = DINOLoss(student_temp)
+
+    def head_modules(self) -> list[nn.Module]:
+        return [self.head]
+
+    def export_backbone(self) -> nn.Module:
+        return self.teacher_backbone
+
+    def teacher_temperature(self) -> float:
+        h = self.hparams
+        warm = int(h.warmup_teacher_temp_epochs * self.steps_per_epoch)
+        return linear_warmup(self.global_step, warm, h.warmup_teacher_temp, h.teacher_temp)
+
+    def teacher_momentum(self) -> float:
+        h = self.hparams
+        return cosine_momentum(
+            self.global_step, self.total_steps, h.momentum_teacher, h.momentum_teacher_end
+        )
+
+    def training_step(self, batch: tuple[dict, Tensor], batch_idx: int) -> Tensor:
+        views, _ = batch  # labels, if any, are not used
+        globals_, locals_ = list(views["global"]), list(views.get("local", []))
+        n_global = len(globals_)
+        with torch.no_grad():
+            self.teacher_backbone.eval()
+            self.teacher_head.eval()
+            teacher_out = self.teacher_head(forward_by_size(self.teacher_backbone, globals_))
+        with self.maybe_frozen():
+            feats = forward_by_size(self.backbone, globals_ + locals_)
+        student_out = self.head(feats)
+        t_chunks = teacher_out.float().chunk(n_global)
+        s_chunks = student_out.float().chunk(n_global + len(locals_))
+        temp = self.teacher_temperature()
+        loss = self.criterion(list(s_chunks), list(t_chunks), self.center(), temp)
+        self.center.update(teacher_out.float())
+        self.log_dict(
+            {"dino/teacher_temp": temp, "dino/momentum": self.teacher_momentum()},
+            on_step=True,
+            on_epoch=False,
+            batch_size=self.batch_size,
+        )
+        self.log(
+            "train/loss",
+            loss,
+            prog_bar=True,
+            on_step=True,
+            on_epoch=True,
+            batch_size=self.batch_size,
+            sync_dist=True,
+        )
+        return loss
+
+    def on_after_backward(self) -> None:
+        if self.epoch_progress < self.hparams.freeze_last_layer_epochs:
+            for p in self.head.last_layer.parameters():
+                p.grad = None
+
+    def optimizer_step(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003 - Lightning's hook
+        m = self.teacher_momentum()
+        super().optimizer_step(*args, **kwargs)
+        update_ema(self.teacher_backbone, self.backbone, m)
+        update_ema(self.teacher_head, self.head, m)

@@ -1,0 +1,247 @@
+"""``acclimate train``: recipe -> continued pretraining -> before/after evidence in a run folder."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from acclimate.backbones import create_backbone
+from acclimate.callbacks import AtomicCheckpointIO, KNNMonitor, RunMetadata
+from acclimate.config import ConfigError, Recipe, construct, load_recipe
+from acclimate.data.datamodule import SSLDataModule, describe_normalization
+from acclimate.data.transforms import EvalTransform, MultiCropTransform
+from acclimate.eval.evaluate import EvalSettings, evaluate_backbone, labelled_splits
+from acclimate.ssl import METHODS, OptimSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainerSettings:
+    """The ``trainer:`` section: Lightning Trainer settings.
+
+    Args:
+        max_epochs: passes over the training source.
+        max_steps: stop after this many optimisation steps (-1: no limit).
+        accelerator, devices, num_nodes, strategy: as in Lightning (``auto``, ``cpu``, ``gpu``;
+            ``ddp``, ``fsdp``); launch multi-node runs with torchrun or SLURM.
+        precision: ``32-true``, ``bf16-mixed`` (CPU and recent GPUs) or ``16-mixed`` (GPU).
+        accumulate_grad_batches: optimisation step every N batches.
+        gradient_clip_val: clip the global gradient norm (DINO: 3.0); null disables.
+        log_every_n_steps: TensorBoard logging period.
+        checkpoint_every_n_epochs: keep a periodic checkpoint besides ``last.ckpt``.
+        limit_train_batches: batches per epoch (a fraction or a count), for quick trials.
+        progress_bar: show a progress bar.
+        deterministic: ask for deterministic kernels (slower).
+    """
+
+    max_epochs: int = 10
+    max_steps: int = -1
+    accelerator: str = "auto"
+    devices: int | str | list[int] = "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    accumulate_grad_batches: int = 1
+    gradient_clip_val: float | None = 3.0
+    log_every_n_steps: int = 10
+    checkpoint_every_n_epochs: int = 1
+    limit_train_batches: int | float | None = None
+    progress_bar: bool = True
+    deterministic: bool = False
+
+    def build(self, run_dir: Path, callbacks: list[pl.Callback]) -> pl.Trainer:
+        ckpt = ModelCheckpoint(
+            dirpath=run_dir / "checkpoints",
+            filename="epoch{epoch:03d}",
+            auto_insert_metric_name=False,
+            every_n_epochs=self.checkpoint_every_n_epochs,
+            save_top_k=-1,
+            save_last=True,
+        )
+        callbacks = [ckpt, LearningRateMonitor(logging_interval="step"), *callbacks]
+        if self.progress_bar:
+            callbacks.append(TQDMProgressBar(refresh_rate=1))
+        return pl.Trainer(
+            max_epochs=self.max_epochs,
+            max_steps=self.max_steps,
+            accelerator=self.accelerator,
+            devices=self.devices,
+            num_nodes=self.num_nodes,
+            strategy=self.strategy,
+            precision=self.precision,
+            accumulate_grad_batches=self.accumulate_grad_batches,
+            gradient_clip_val=self.gradient_clip_val,
+            log_every_n_steps=self.log_every_n_steps,
+            limit_train_batches=self.limit_train_batches,
+            enable_progress_bar=self.progress_bar,
+            deterministic=self.deterministic,
+            logger=TensorBoardLogger(str(run_dir), name="tensorboard", version=""),
+            callbacks=callbacks,
+            plugins=[AtomicCheckpointIO()],
+            num_sanity_val_steps=0,
+            limit_val_batches=0,
+            enable_model_summary=False,
+        )
+
+
+def _run_dir(recipe: Recipe, run_dir: str | Path | None) -> Path:
+    if run_dir is None:
+        run_dir = recipe.data.get("run_dir") or Path("runs") / (
+            f"{recipe.data['name']}-{time.strftime('%Y%m%d-%H%M%S')}"
+        )
+    path = Path(run_dir)
+    if (path / "checkpoints" / "last.ckpt").exists():
+        raise ConfigError(
+            f"{path} already holds a run; resume it with `acclimate train --resume {path}` "
+            "or choose another run_dir"
+        )
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _log_to_file(run_dir: Path) -> logging.Handler:
+    handler = logging.FileHandler(run_dir / "train.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+    return handler
+
+
+def _eval_sources(recipe: Recipe, dm: SSLDataModule) -> tuple[Any, Any] | None:
+    settings = EvalSettings(**recipe.section("eval"))
+    spec = settings.data
+    if spec is None:
+        if not dm.source.has_labels:
+            log.warning(
+                "no labelled data for evaluation (eval.data): no kNN monitor, no before/after"
+            )
+            return None
+        spec = dm.spec
+    return labelled_splits(spec, dm.channels, settings)
+
+
+def _save_json(path: Path, obj: dict) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def summarize(metrics: dict[str, Any]) -> str:
+    """One line: linear-probe and kNN accuracy before -> after adaptation."""
+    b, a = metrics.get("before"), metrics.get("after")
+    if not (b and a):
+        return "no before/after evaluation (no labelled eval data)"
+    return (
+        f"linear probe {b['linear_top1']:.4f} -> {a['linear_top1']:.4f} "
+        f"({a['linear_top1'] - b['linear_top1']:+.4f}), "
+        f"kNN {b['knn_top1']:.4f} -> {a['knn_top1']:.4f} ({a['knn_top1'] - b['knn_top1']:+.4f}) "
+        f"on {a['n_test']} held-out images"
+    )
+
+
+def train(
+    recipe: Recipe, run_dir: str | Path | None = None, resume: bool = False
+) -> tuple[Path, dict[str, Any]]:
+    """Run a recipe end to end; return the run folder and its metrics.
+
+    With ``resume``, ``run_dir`` must be an existing run: training continues from its
+    ``checkpoints/last.ckpt`` with the saved recipe (plus any new overrides).
+    """
+    run_dir = Path(run_dir) if resume else _run_dir(recipe, run_dir)  # type: ignore[arg-type]
+    handler = _log_to_file(run_dir)
+    try:
+        return _train(recipe, run_dir, resume)
+    finally:
+        logging.getLogger().removeHandler(handler)
+
+
+def _train(recipe: Recipe, run_dir: Path, resume: bool) -> tuple[Path, dict[str, Any]]:
+    pl.seed_everything(recipe.data["seed"], workers=True)
+    torch.set_float32_matmul_precision("high")
+    backbone = construct(recipe, "backbone", create_backbone)
+    dm = construct(recipe, "data", SSLDataModule, bad_file_log=run_dir / "bad_files.txt")
+    mean, std = dm.normalization(getattr(backbone, "pretrained_cfg", None))
+    recipe.data["data"]["mean"], recipe.data["data"]["std"] = mean, std
+    log.info("normalisation: %s", describe_normalization(mean, std))
+    aug = recipe.section("augment")
+    if aug.get("global_size") is None:
+        recipe.data["augment"]["global_size"] = dm.image_size
+    dm.transform = construct(
+        recipe, "augment", MultiCropTransform, mean=mean, std=std, channels=dm.channels
+    )
+    (run_dir / "recipe.yaml").write_text(recipe.to_yaml())
+
+    optim = construct(recipe, "optim", OptimSettings)
+    start = copy.deepcopy(backbone).eval()
+    method_cls = METHODS[recipe.data["method"]["name"]]
+    module = construct(
+        recipe, "method", method_cls, backbone=backbone, batch_size=dm.batch_size, optim=optim
+    )
+
+    eval_settings = EvalSettings(**recipe.section("eval"))
+    sources = _eval_sources(recipe, dm)
+    eval_tf = EvalTransform(dm.image_size, mean, std)
+    callbacks: list[pl.Callback] = [
+        RunMetadata(
+            {
+                "recipe": recipe.data,
+                "mean": mean,
+                "std": std,
+                "image_size": dm.image_size,
+                "channels": dm.channels,
+            }
+        )
+    ]
+    if sources is not None and eval_settings.every_n_epochs > 0:
+        callbacks.append(KNNMonitor(*sources, eval_tf, eval_settings))
+    settings = construct(recipe, "trainer", TrainerSettings)
+    trainer = settings.build(run_dir, callbacks)
+
+    metrics_path = run_dir / "metrics.json"
+    metrics: dict[str, Any] = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+    do_eval = sources is not None and eval_settings.before_after and trainer.is_global_zero
+    if do_eval and "before" not in metrics:
+        log.info("measuring the starting backbone (frozen features, kNN + linear probe)")
+        metrics["before"], _ = evaluate_backbone(
+            start, *sources, eval_tf, eval_settings, device=module.device
+        )
+        _save_json(metrics_path, metrics)
+        log.info("before: %s", metrics["before"])
+    del start
+
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if resume else None, weights_only=True)
+
+    if do_eval:
+        log.info("measuring the adapted backbone with the same protocol")
+        metrics["after"], _ = evaluate_backbone(
+            module.export_backbone(), *sources, eval_tf, eval_settings, device=module.device
+        )
+        metrics["delta"] = {
+            k: metrics["after"][k] - metrics["before"][k] for k in ("knn_top1", "linear_top1")
+        }
+        _save_json(metrics_path, metrics)
+        for lg in trainer.loggers:
+            lg.log_metrics(
+                {f"final/{k}_delta": v for k, v in metrics["delta"].items()},
+                step=trainer.global_step,
+            )
+    return run_dir, metrics
+
+
+def resume_recipe(run_dir: str | Path, overrides: list[str]) -> Recipe:
+    """The saved recipe of a run, with new overrides (e.g. ``trainer.max_epochs=20``)."""
+    path = Path(run_dir) / "recipe.yaml"
+    if not (Path(run_dir) / "checkpoints" / "last.ckpt").exists():
+        raise ConfigError(f"{run_dir}: no checkpoints/last.ckpt to resume from")
+    return load_recipe(path, overrides)
