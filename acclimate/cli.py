@@ -289,6 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(name).propagate = False
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*LeafSpec.*")
+    warnings.filterwarnings("ignore", ".*Checkpoint directory .* exists and is not empty.*")
     try:
         return args.fn(args)
     except (ValueError, FileNotFoundError) as e:

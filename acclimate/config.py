@@ -275,7 +275,7 @@ def validate(recipe: Recipe, default_name: str = "run") -> Recipe:
     if name not in methods:
         _fail(recipe, "method.name", f"unknown method {name!r}; {_suggest(name, list(methods))}")
     out["method"] = {"name": name, **_check_section(recipe, "method", methods[name], method)}
-    if out["backbone"].get("in_chans") is None:
+    if data["backbone"].get("in_chans") is None:  # not given: follow the data
         out["backbone"]["in_chans"] = out["data"]["channels"]
     recipe.data = out
     _check_values(recipe)

@@ -109,17 +109,14 @@ class SSLModule(pl.LightningModule):
         return warmup_cosine(self.global_step, self.total_steps, o.weight_decay, end)
 
     def on_train_batch_start(self, batch: object, batch_idx: int) -> None:
-        lr_head, lr_backbone, wd = (
-            self.scheduled_lr(False),
-            self.scheduled_lr(True),
-            self.scheduled_wd(),
-        )
+        lr_head, lr_backbone = self.scheduled_lr(False), self.scheduled_lr(True)
+        wd = self.scheduled_wd()
         for opt in self.trainer.optimizers:
             for g in opt.param_groups:
                 base = lr_backbone if g.get("is_backbone") else lr_head
                 g["lr"] = base * g["lr_scale"]
                 g["weight_decay"] = wd if g["apply_wd"] else 0.0
-        self.backbone.train(not self.backbone_frozen)
+        self.set_backbone_mode(self.backbone)
         self.log_dict(
             {
                 "lr/head": lr_head,
@@ -131,3 +128,11 @@ class SSLModule(pl.LightningModule):
             on_epoch=False,
             batch_size=self.batch_size,
         )
+
+    def set_backbone_mode(self, backbone: nn.Module) -> None:
+        """Train mode unless frozen; BatchNorm statistics stay pretrained when asked."""
+        backbone.train(not self.backbone_frozen)
+        if self.optim.freeze_norm_stats:
+            for m in backbone.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()

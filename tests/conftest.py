@@ -1,0 +1,37 @@
+"""Shared fixtures: tiny generated image sets (no network, nothing from ../shared)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+COLOURS = [(200, 40, 40), (40, 200, 40), (40, 40, 200)]
+
+
+def make_class_folders(
+    root: Path, n_train: int = 12, n_val: int = 6, size: int = 32, channels: int = 3, seed: int = 0
+) -> Path:
+    """``root/{train,val}/class_k/*.png``: noisy images whose mean colour depends on the class,
+    so frozen features separate them and kNN/probe accuracies are meaningful."""
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", n_train), ("val", n_val)):
+        for k, colour in enumerate(COLOURS):
+            d = root / split / f"class_{k}"
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                base = np.array(colour, dtype=np.float32)[None, None, :]
+                img = base + rng.normal(0, 40, size=(size, size, 3))
+                img = np.clip(img, 0, 255).astype(np.uint8)
+                if channels == 1:
+                    Image.fromarray(img).convert("L").save(d / f"{i}.png")
+                else:
+                    Image.fromarray(img).save(d / f"{i}.png")
+    return root
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path: Path) -> Path:
+    return make_class_folders(tmp_path / "images")
