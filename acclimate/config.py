@@ -137,7 +137,11 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
 def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
     """Merge the ``base:`` chain of ``path`` and ``overrides``, validate, and fill in defaults."""
     path = Path(path)
-    chain = _chain(path)
+    chain, seen = [], set()
+    for file, data in _chain(path):  # a file reached twice (diamond bases) counts where first met
+        if file not in seen:
+            seen.add(file)
+            chain.append((file, data))
     origin: dict[str, str] = {}
     layers = []
     for file, data in chain:
@@ -288,7 +292,7 @@ def _check_values(recipe: Recipe) -> None:
     positive = [
         ("data.batch_size", d["data"]["batch_size"]),
         ("data.image_size", d["data"]["image_size"]),
-        ("method.lr", d["method"].get("lr", 1)),
+        ("optim.lr", d["optim"]["lr"]),
         ("trainer.max_epochs", d["trainer"]["max_epochs"]),
     ]
     for key, value in positive:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 COLOURS = [(200, 40, 40), (40, 200, 40), (40, 40, 200)]
@@ -35,3 +36,12 @@ def make_class_folders(
 @pytest.fixture
 def tiny_dataset(tmp_path: Path) -> Path:
     return make_class_folders(tmp_path / "images")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """Tiny models run fastest on one thread (and leave the other core to data workers)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -96,11 +96,6 @@ def test_list_of_bases_later_wins(tmp_path: Path) -> None:
     assert r.data["optim"]["lr"] == 3e-4
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="config._chain re-applies a shared grandparent for every base that names it, so it "
-    "overwrites what an earlier base changed (diamond); it should appear once, first",
-)
 def test_diamond_bases_keep_the_intermediate_override(tmp_path: Path) -> None:
     _write(tmp_path / "common.yaml", "optim:\n  lr: 1.0e-3\n")
     _write(tmp_path / "a.yaml", "base: common.yaml\noptim:\n  lr: 2.0e-3\n")
@@ -322,11 +317,6 @@ def test_negative_lr_is_a_config_error(minimal: Path) -> None:
         construct(recipe, "optim", OptimSettings)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="config._check_values checks 'method.lr', which no method has, instead of 'optim.lr'; "
-    "a negative learning rate passes load_recipe and fails only after data and backbone are built",
-)
 def test_negative_lr_rejected_by_load(minimal: Path) -> None:
     assert _error(minimal, ("optim.lr=-1",)).startswith(f"{COMMAND_LINE}: optim.lr:")
 

@@ -15,16 +15,6 @@ from acclimate.eval.features import extract_features, features_of
 from acclimate.eval.knn import knn_accuracy, knn_predict
 from acclimate.eval.linear import LinearProbe, train_linear_probe
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread (and leave the other core to other work)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # --- weighted kNN ------------------------------------------------------------------------------
 
 

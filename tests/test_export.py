@@ -18,15 +18,6 @@ from acclimate.data.transforms import EvalTransform
 from acclimate.export import META_FILE, export_backbone
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread (and leave the other core to other work)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _backbone(name: str, in_chans: int) -> nn.Module:
     """A tiny random backbone whose every weight and BN statistic is non-trivial."""
     torch.manual_seed(0)

@@ -35,8 +35,8 @@ def knn_predict(
         q = F.normalize(test_feats[start : start + chunk].float(), dim=1)
         sim, idx = (q @ bank.T).topk(k, dim=1)
         weights = (sim / temperature).exp()
-        votes = torch.zeros(q.shape[0], n_classes, dtype=weights.dtype)
-        votes.scatter_add_(1, train_labels[idx], weights)
+        votes = torch.zeros(q.shape[0], n_classes, dtype=weights.dtype, device=q.device)
+        votes.scatter_add_(1, train_labels.to(q.device)[idx], weights)
         scores.append(votes)
     return torch.cat(scores)
 
