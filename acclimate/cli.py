@@ -116,7 +116,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from acclimate.data.transforms import EvalTransform
-    from acclimate.eval.evaluate import EvalSettings, evaluate_backbone, labelled_splits
+    from acclimate.eval.evaluate import EvalSettings, labelled_splits
+    from acclimate.eval.report import ReportSettings, measure_features, split_features, write_report
     from acclimate.export.load import resolve_model
 
     settings = EvalSettings(
@@ -126,23 +127,65 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         max_test_images=args.max_images,
         probe_weight_decay=args.weight_decay,
     )
-    results: dict[str, Any] = {"data": str(args.data), "models": {}}
+    rs = ReportSettings(
+        weight_decays=tuple(args.weight_decays),
+        prefer_weight_decay=args.weight_decay,
+        shots=tuple(args.shots),
+        seeds=tuple(range(args.seeds)),
+    )
+    results: dict[str, Any] = {
+        "data": str(args.data),
+        "forgetting_data": args.forgetting_data,
+        "settings": rs.to_dict(),
+        "models": {},
+    }
+    embeddings = {}
     for spec in args.models:
         r = resolve_model(
             spec, weights=args.weights, image_size=args.image_size, in_chans=args.channels
         )
-        train_src, test_src = labelled_splits(args.data, len(r.mean), settings)
         tf = EvalTransform(r.image_size, r.mean, r.std)
-        metrics, _ = evaluate_backbone(r.model, train_src, test_src, tf, settings)
+        sources = labelled_splits(args.data, len(r.mean), settings)
+        train, test = split_features(r.model, sources, tf, settings.batch_size, settings.num_workers)
+        metrics = measure_features(train, test, rs, sources[0].classes)
+        if args.forgetting_data:
+            src = labelled_splits(args.forgetting_data, len(r.mean), settings)
+            feats = split_features(r.model, src, tf, settings.batch_size, settings.num_workers)
+            metrics["forgetting"] = measure_features(
+                *feats, rs, src[0].classes, fewshot=False, retrieval=False
+            )
         results["models"][spec] = {"description": r.description, **metrics}
+        embeddings[spec] = test
         print(
             f"{spec}: linear top-1 {metrics['linear_top1']:.4f}, kNN top-1 "
-            f"{metrics['knn_top1']:.4f} ({metrics['n_train']} train / {metrics['n_test']} test)"
+            f"{metrics['knn_top1']:.4f}, macro-F1 {metrics['macro_f1']:.4f} "
+            f"({metrics['n_train']} train / {metrics['n_test']} test)"
         )
-    out = Path(args.out) / "metrics.json"
-    _save_json(out, results)
-    print(f"metrics written to {out}")
+    paths = write_report(results, args.out, embeddings, rs, plots=not args.no_plots)
+    _record_evaluation(results, paths["markdown"])
+    print(f"report: {paths['markdown']} and {paths['html']}; metrics: {paths['metrics']}")
     return 0
+
+
+def _record_evaluation(results: dict[str, Any], report: Path) -> None:
+    """Put the headline numbers of every evaluated model into each evaluated export folder's
+    acclimate.json and re-render its model card."""
+    from acclimate.eval.report import headline
+    from acclimate.export.artifact import META_FILE, write_model_card
+
+    summary = {
+        "data": results["data"],
+        "forgetting_data": results.get("forgetting_data"),
+        "report": str(report.resolve()),
+        "models": {s: headline(m) for s, m in results["models"].items()},
+    }
+    for spec in results["models"]:
+        meta_file = Path(spec) / META_FILE
+        if meta_file.is_file():
+            meta = json.loads(meta_file.read_text())
+            meta["evaluation"] = {**summary, "this": spec}
+            _save_json(meta_file, meta)
+            write_model_card(spec)
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
@@ -253,7 +296,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
     eval_args(ev)
     model_args(ev)
-    ev.add_argument("--out", default="evaluation", help="folder for metrics.json")
+    ev.add_argument(
+        "--out",
+        default="evaluation",
+        help="folder for report.md, report.html, metrics.json and the plots",
+    )
+    ev.add_argument(
+        "--forgetting-data",
+        metavar="SRC",
+        help="labelled source-domain set (e.g. a slice of the pretraining domain): reports how "
+        "much of what the backbone knew survived adaptation",
+    )
+    ev.add_argument(
+        "--weight-decays",
+        type=float,
+        nargs="+",
+        default=[1e-4, 1e-3, 1e-2, 1e-1],
+        help="linear-probe L2 penalties tried; the best on a validation split of train is "
+        "reported on test (ties go to --weight-decay)",
+    )
+    ev.add_argument(
+        "--shots",
+        type=int,
+        nargs="+",
+        default=[1, 5, 10],
+        help="labelled images per class of the few-shot probes",
+    )
+    ev.add_argument(
+        "--seeds", type=int, default=3, help="random draws per few-shot setting (raise for "
+        "tighter error bars)"
+    )
+    ev.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
     ev.set_defaults(fn=cmd_evaluate)
 
     em = sub.add_parser("embed", help="extract features of a folder of images to .npy")

@@ -46,6 +46,7 @@ class Recipe:
 
 def _sections() -> dict[str, Callable[..., Any]]:
     # Imported lazily: the recipe schema is the signatures of these callables.
+    from acclimate.adapters import AdapterSettings
     from acclimate.backbones import create_backbone
     from acclimate.data.datamodule import SSLDataModule
     from acclimate.data.transforms import MultiCropTransform
@@ -55,6 +56,7 @@ def _sections() -> dict[str, Callable[..., Any]]:
 
     return {
         "backbone": create_backbone,
+        "adapter": AdapterSettings,
         "data": SSLDataModule,
         "augment": MultiCropTransform,
         "optim": OptimSettings,

@@ -19,6 +19,7 @@ from acclimate.backbones import create_backbone
 from acclimate.callbacks import AtomicCheckpointIO, KNNMonitor, RunMetadata
 from acclimate.config import ConfigError, Recipe, construct, load_recipe
 from acclimate.data.datamodule import SSLDataModule, describe_normalization
+from acclimate.data.dataset import read_bad_file_log
 from acclimate.data.transforms import EvalTransform, MultiCropTransform
 from acclimate.eval.evaluate import EvalSettings, evaluate_backbone, labelled_splits
 from acclimate.ssl import METHODS, OptimSettings
@@ -222,6 +223,13 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool) -> tuple[Path, dict[str,
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if resume else None, weights_only=True)
 
+    bad = read_bad_file_log(run_dir / "bad_files.txt")
+    if bad:
+        log.warning(
+            "%d unreadable file(s) were skipped; list in %s", len(bad), run_dir / "bad_files.txt"
+        )
+        metrics["bad_files"] = len(bad)
+        _save_json(metrics_path, metrics)
     if do_eval:
         log.info("measuring the adapted backbone with the same protocol")
         metrics["after"], _ = evaluate_backbone(

@@ -89,6 +89,7 @@ def test_train_export_probe_evaluate(tmp_path, tiny_dataset, backbone, capsys):
     assert (run / "recipe.yaml").exists()
     assert any((run / "tensorboard").iterdir())
     assert "broken.png" in (run / "bad_files.txt").read_text()
+    assert metrics["bad_files"] == 1
 
     export = tmp_path / "export"
     assert main(["export", str(run), "--out", str(export)]) == 0
@@ -232,3 +233,24 @@ def test_help_lists_commands_and_train_py_runs():
     )
     assert res.returncode == 2
     assert res.stderr.strip().endswith("no-such-recipe.yaml: file not found")
+
+
+def test_bf16_mixed_precision_on_cpu(tmp_path, tiny_dataset):
+    recipe = write_recipe(tmp_path, tiny_dataset, "test_vit")
+    run = tmp_path / "run"
+    args = [
+        "train",
+        str(recipe),
+        f"run_dir={run}",
+        "trainer.max_epochs=1",
+        "trainer.precision=bf16-mixed",
+        "eval.before_after=false",
+        "eval.every_n_epochs=0",
+    ]
+    assert main(args) == 0
+    saved = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert saved["global_step"] > 0
+    assert all(
+        torch.isfinite(v).all() for v in saved["state_dict"].values() if v.is_floating_point()
+    )
+    assert not (run / "metrics.json").exists()

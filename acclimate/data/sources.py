@@ -8,12 +8,15 @@
 - a CSV manifest with a path column and optional label, class name and split columns;
 - a MedMNIST-style ``.npz`` (``train_images``, ``train_labels``, ``val_…``, ``test_…``).
 
-Every source gives uint8 tensors (channels, H, W); labels are int64 with -1 for unlabelled items.
+Every source gives (channels, H, W) tensors, uint8 for 8-bit images and float32 otherwise (see
+``readers.py``); labels are int64 with -1 for unlabelled items. NIfTI volumes become one item per
+slice. Large folder and CSV indexes are cached between runs (``index_cache.py``).
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import operator
 import os
@@ -24,11 +27,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from acclimate.data import index_cache
 from acclimate.data.readers import (
+    DEFAULT_OPTIONS,
+    BadImage,
     DataError,
+    MissingExtra,
+    ReadOptions,
+    bad_reason,
     check_channels,
     describe_error,
     is_image_file,
+    is_volume,
+    nifti_slices,
     read_image,
     to_uint8_tensor,
 )
@@ -88,7 +99,17 @@ class _PathArray:
         encoded = [os.fsencode(p) for p in paths]
         self._buffer = b"".join(encoded)
         self._offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
-        np.cumsum([len(e) for e in encoded], out=self._offsets[1:])
+        np.cumsum(np.fromiter(map(len, encoded), np.int64, len(encoded)), out=self._offsets[1:])
+
+    @classmethod
+    def from_buffer(cls, buffer: bytes, offsets: np.ndarray) -> _PathArray:
+        self = cls.__new__(cls)
+        self._buffer, self._offsets = buffer, np.asarray(offsets, dtype=np.int64)
+        return self
+
+    def may_hold(self, text: str) -> bool:
+        """False when no path contains ``text`` (a fast scan of the packed bytes)."""
+        return os.fsencode(text) in self._buffer.lower()
 
     def __len__(self) -> int:
         return len(self._offsets) - 1
@@ -101,7 +122,8 @@ class _PathArray:
 class ImageSource:
     """An indexed collection of images with optional labels.
 
-    Images are returned as uint8 torch tensors (C, H, W) with C = ``channels`` (1 or 3);
+    Images are returned as (C, H, W) tensors with C = ``channels``, uint8 for 8-bit data and
+    float32 otherwise (``readers.py`` documents the ranges);
     ``labels`` is int64 (N,) with -1 for unlabelled items, indexing into ``classes``.
     """
 
@@ -126,7 +148,7 @@ class ImageSource:
         return bool(self.classes) and bool((self.labels >= 0).any())
 
     def load(self, i: int) -> torch.Tensor:
-        """Decode item ``i`` as uint8 (channels, H, W); raises on a bad file."""
+        """Decode item ``i`` as (channels, H, W) uint8 or float32; raises on a bad file."""
         raise NotImplementedError
 
     def describe(self, i: int) -> str:
@@ -146,7 +168,11 @@ class ImageSource:
 
 
 class FileSource(ImageSource):
-    """Image files on disk (folders and CSV manifests), decoded with PIL."""
+    """Image files on disk (folders and CSV manifests): PIL, tifffile, pydicom or nibabel.
+
+    ``slices`` (int32, one per item, -1 for 2D files) is the slice of a volume file; a volume's
+    path repeats once per slice.
+    """
 
     def __init__(
         self,
@@ -155,21 +181,65 @@ class FileSource(ImageSource):
         labels: np.ndarray,
         classes: Sequence[str],
         channels: int = 3,
+        options: ReadOptions = DEFAULT_OPTIONS,
+        slices: np.ndarray | None = None,
     ) -> None:
         super().__init__(name, classes, labels, channels)
         self.paths = paths if isinstance(paths, _PathArray) else _PathArray(paths)
+        self.options = options
+        self.slices = None if slices is None else np.asarray(slices, dtype=np.int32)
         if len(self.paths) != len(self.labels):
             raise ValueError(f"{len(self.paths)} paths but {len(self.labels)} labels")
 
+    def _slice(self, i: int) -> int | None:
+        if self.slices is None or self.slices[i] < 0:
+            return None
+        return int(self.slices[i])
+
     def load(self, i: int) -> torch.Tensor:
-        return read_image(self.paths[i], self.channels)
+        return read_image(self.paths[i], self.channels, self.options, self._slice(i))
 
     def describe(self, i: int) -> str:
-        return self.paths[i]
+        k = self._slice(i)
+        return self.paths[i] if k is None else f"{self.paths[i]}[slice {k}]"
 
     def _subset(self, idx: np.ndarray, name: str) -> FileSource:
         paths = _PathArray(self.paths[int(i)] for i in idx)
-        return FileSource(name, paths, self.labels[idx], self.classes, self.channels)
+        slices = None if self.slices is None else self.slices[idx]
+        return FileSource(
+            name, paths, self.labels[idx], self.classes, self.channels, self.options, slices
+        )
+
+
+def _expand_volumes(source: FileSource) -> FileSource:
+    """One item per slice of every NIfTI volume (2D files stay one item); headers only."""
+    if not source.paths.may_hold(".nii"):
+        return source
+    paths: list[str] = []
+    labels: list[int] = []
+    slices: list[int] = []
+    for i in range(len(source)):
+        path, label = source.paths[i], int(source.labels[i])
+        try:
+            n = nifti_slices(path, source.options.slice_axis) if is_volume(path) else 0
+        except MissingExtra:
+            raise
+        except Exception as exc:  # unreadable header: one item, reported when loaded
+            log.warning("%s: cannot read the volume header (%s)", path, describe_error(exc))
+            n = 0
+        k = range(n) if n else [-1]
+        paths += [path] * len(k)
+        labels += [label] * len(k)
+        slices += list(k)
+    return FileSource(
+        source.name,
+        paths,
+        np.array(labels, dtype=np.int64),
+        source.classes,
+        source.channels,
+        source.options,
+        np.array(slices, dtype=np.int32),
+    )
 
 
 class NpzSource(ImageSource):
@@ -231,7 +301,11 @@ class NpzSource(ImageSource):
 
 
 def _scan_dir(path: Path) -> tuple[list[str], list[str]]:
-    """(image file names, subfolder names) directly in ``path``, sorted, hidden ones left out."""
+    """(image file names, subfolder names) directly in ``path``, sorted, hidden ones left out.
+
+    Every folder scanned is recorded for the index cache (its mtime changes when entries are
+    added, removed or renamed in it)."""
+    index_cache.record(path)
     files, dirs = [], []
     with os.scandir(path) as entries:
         for entry in entries:
@@ -295,6 +369,11 @@ def _scan_layout(folder: Path) -> tuple[list[str], dict[str, list[str]]]:
 
 
 def _folder_source(root: Path, split: str | None, channels: int) -> FileSource:
+    key = {"kind": "folder", "root": str(root), "split": split}
+    return index_cache.cached(key, lambda: _scan_folder_source(root, split, channels), channels)
+
+
+def _scan_folder_source(root: Path, split: str | None, channels: int) -> FileSource:
     splits = _split_dirs(root)
     present = _ordered_splits(splits)
     if split is not None and split not in splits:
@@ -377,6 +456,12 @@ def _csv_labels(
 
 
 def _csv_source(csv_path: Path, split: str | None, channels: int) -> FileSource:
+    key = {"kind": "csv", "root": str(csv_path), "split": split}
+    return index_cache.cached(key, lambda: _scan_csv_source(csv_path, split, channels), channels)
+
+
+def _scan_csv_source(csv_path: Path, split: str | None, channels: int) -> FileSource:
+    index_cache.record(csv_path)
     columns, rows = _read_csv(csv_path)
     path_col = next((columns[c] for c in _CSV_PATH_COLUMNS if c in columns), None)
     if path_col is None:
@@ -497,14 +582,10 @@ def _npz_source(path: Path, split: str | None, channels: int) -> NpzSource:
         sizes, labels = [], []
         for key in keys:
             shape, dtype = _npz_header(path, key)
-            if (
-                dtype != np.uint8
-                or len(shape) not in (3, 4)
-                or (len(shape) == 4 and shape[3] not in (1, 3))
-            ):
+            if dtype != np.uint8 or len(shape) not in (3, 4):
                 raise DataError(
                     f"{path}: {key} is {dtype} {shape}; expected uint8 images "
-                    "(N, H, W) or (N, H, W, 3)"
+                    "(N, H, W) or (N, H, W, C)"
                 )
             sizes.append(shape[0])
             labels.append(_npz_labels(path, npz, key, shape[0]))
@@ -547,23 +628,35 @@ def _resolve(spec: str | Path) -> Path:
     return path
 
 
-def open_source(spec: str | Path, split: str | None = None, channels: int = 3) -> ImageSource:
+def open_source(
+    spec: str | Path,
+    split: str | None = None,
+    channels: int = 3,
+    options: ReadOptions = DEFAULT_OPTIONS,
+) -> ImageSource:
     """Open the images behind ``spec`` (a folder, a ``.csv`` manifest or a ``.npz``).
 
     ``split`` picks one split (``train``, ``val``/``valid``/``validation``, ``test``); None takes
-    every split together. Images are converted to ``channels`` (1 = grayscale, 3 = RGB).
+    every split together. Images are converted to ``channels`` (1 = grayscale, 3 = RGB, other
+    counts must match the selected bands); ``options`` selects bands, windows and slice axes.
     """
     check_channels(channels)
+    if options.bands is not None and len(options.bands) != channels:
+        raise DataError(
+            f"bands lists {len(options.bands)} bands but channels is {channels}: make them agree"
+        )
     path = _resolve(spec)
     split = None if split is None else canonical_split(split)
     if path.is_dir():
-        return _folder_source(path, split, channels)
-    suffix = path.suffix.lower()
-    if suffix == ".csv":
-        return _csv_source(path, split, channels)
-    if suffix == ".npz":
+        source = _folder_source(path, split, channels)
+    elif path.suffix.lower() == ".csv":
+        source = _csv_source(path, split, channels)
+    elif path.suffix.lower() == ".npz":
         return _npz_source(path, split, channels)
-    raise DataError(f"cannot open {path} as a data source: {EXPECTED}")
+    else:
+        raise DataError(f"cannot open {path} as a data source: {EXPECTED}")
+    source.options = options
+    return _expand_volumes(source)
 
 
 def list_splits(spec: str | Path) -> list[str]:

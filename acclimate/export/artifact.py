@@ -86,6 +86,46 @@ def _fmt(x: Any) -> str:
     return f"{x:.4f}" if isinstance(x, float) else str(x)
 
 
+def _evaluation_lines(ev: dict[str, Any]) -> list[str]:
+    """The headline numbers stored by ``acclimate evaluate`` (first model = reference)."""
+    models: dict[str, dict[str, float]] = ev["models"]
+    keys = list(dict.fromkeys(k for h in models.values() for k in h))
+    this = ev.get("this")
+    return [
+        "## Evaluation report (frozen features, same protocol for every model)",
+        "",
+        f"Data: `{ev.get('data')}`"
+        + (
+            f"; source-domain forgetting check: `{ev['forgetting_data']}`"
+            if ev.get("forgetting_data")
+            else ""
+        )
+        + f". Full report: `{ev.get('report')}`.",
+        "",
+        "| model | " + " | ".join(keys) + " |",
+        "|---|" + "---|" * len(keys),
+        *(
+            f"| {'**this export**' if spec == this else f'`{spec}`'} | "
+            + " | ".join(_fmt(h.get(k, "")) for k in keys)
+            + " |"
+            for spec, h in models.items()
+        ),
+        "",
+    ]
+
+
+def _onnx_lines(onnx: dict[str, Any]) -> list[str]:
+    return [
+        "## ONNX",
+        "",
+        f"`{onnx['file']}`: input `{onnx['input']}` float32 {onnx['input_shape']} (dynamic batch), "
+        f"already preprocessed as above (resize, centre crop, [0, 1], mean/std); output "
+        f"`{onnx['output']}` {onnx['output_shape']}, the pooled features. Max abs difference "
+        f"to PyTorch: {onnx.get('max_abs_diff', 'not checked')}.",
+        "",
+    ]
+
+
 def write_model_card(out: str | Path) -> Path:
     """(Re)write ``README.md`` from ``acclimate.json``, the recipe and the probes."""
     out = Path(out)
@@ -120,6 +160,10 @@ def write_model_card(out: str | Path) -> Path:
             ),
             "",
         ]
+    if (meta.get("evaluation") or {}).get("models"):
+        lines += _evaluation_lines(meta["evaluation"])
+    if meta.get("onnx"):
+        lines += _onnx_lines(meta["onnx"])
     probes = sorted((out / "probes").glob("*.json")) if (out / "probes").exists() else []
     if probes:
         lines += [

@@ -44,6 +44,12 @@ class SSLModule(pl.LightningModule):
         """The backbone whose weights are exported and evaluated."""
         return self.backbone
 
+    @classmethod
+    def check_backbone(cls, name: str) -> str | None:
+        """Why this method cannot train timm model ``name`` (checked at config time, no model
+        built), or None if it can. Methods that need a ViT (MAE, iBOT) override it."""
+        return None
+
     # --- progress -------------------------------------------------------------------------------
     @property
     def steps_per_epoch(self) -> int:
@@ -81,7 +87,12 @@ class SSLModule(pl.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         o = self.optim
-        groups = param_groups(self.backbone, lr_scale=o.backbone_lr_mult)
+        groups = param_groups(
+            self.backbone,
+            lr_scale=o.backbone_lr_mult,
+            layer_decay=o.layer_decay,
+            patch_embed_lr_mult=o.patch_embed_lr_mult,
+        )
         for g in groups:
             g["is_backbone"] = True
         for head in self.head_modules():

@@ -33,6 +33,13 @@ class OptimSettings:
             the new domain is what costs most of the accuracy: on the EuroSAT demo, re-estimated
             BN statistics alone drop the frozen linear probe of EfficientNet-Lite0 from 0.880 to
             0.765. Set False when training from scratch.
+        layer_decay: layer-wise learning-rate decay (Clark et al. 2020; DINOv2, BEiT): the
+            backbone's last layer group trains at ``backbone_lr_mult * layer_decay``, each earlier
+            one ``layer_decay`` times slower (groups from timm's ``group_matcher``: stem, blocks,
+            ...). 0.9 for ViT-S/B (DINOv2); lower keeps early layers closer to pretrained.
+            None: one rate for the whole backbone.
+        patch_embed_lr_mult: extra learning-rate factor for a ViT's ``patch_embed`` (DINOv2:
+            0.2); 1.0 leaves it alone.
     """
 
     lr: float = 5e-4
@@ -44,9 +51,13 @@ class OptimSettings:
     freeze_backbone_epochs: float = 1.0
     optimizer: Literal["adamw", "sgd"] = "adamw"
     freeze_norm_stats: bool = True
+    layer_decay: float | None = None
+    patch_embed_lr_mult: float = 1.0
 
     def __post_init__(self) -> None:
-        for name in ("lr", "backbone_lr_mult"):
+        if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
+            raise ValueError(f"layer_decay must be in (0, 1], got {self.layer_decay}")
+        for name in ("lr", "backbone_lr_mult", "patch_embed_lr_mult"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         for name in ("min_lr", "weight_decay", "warmup_epochs", "freeze_backbone_epochs"):
@@ -57,19 +68,53 @@ class OptimSettings:
         return asdict(self)
 
 
-def param_groups(module: nn.Module, lr_scale: float, weight_decay: bool = True) -> list[dict]:
+def layer_ids(module: nn.Module) -> tuple[dict[str, int], int]:
+    """Layer index of every parameter for layer-wise decay, and the number of layers.
+
+    Uses timm's ``group_matcher(coarse=False)`` (stem = 0, then each block; for ViTs the class,
+    register and position tokens and ``patch_embed`` are the stem). A module without one is a
+    single layer.
+    """
+    from timm.models import group_parameters
+
+    matcher = getattr(module, "group_matcher", None)
+    if matcher is None:
+        return {name: 0 for name, _ in module.named_parameters()}, 1
+    groups = group_parameters(module, matcher(coarse=False))
+    ids = {name: i for i, names in enumerate(groups.values()) for name in names}
+    return ids, len(groups)
+
+
+def param_groups(
+    module: nn.Module,
+    lr_scale: float,
+    weight_decay: bool = True,
+    layer_decay: float | None = None,
+    patch_embed_lr_mult: float = 1.0,
+) -> list[dict]:
     """Split trainable parameters into decayed and non-decayed groups (biases and norms: no decay).
 
-    ``lr_scale`` is stored in each group and multiplies the scheduled learning rate.
+    ``lr_scale`` is stored in each group and multiplies the scheduled learning rate. With
+    ``layer_decay``, layer i of L (`layer_ids`) is further scaled by ``layer_decay ** (L - i)``
+    (DINOv2's ``get_vit_lr_decay_rate``), and parameters under ``patch_embed.`` by
+    ``patch_embed_lr_mult``; groups then also split by scale.
     """
-    decay, no_decay = [], []
+    ids, n_layers = layer_ids(module) if layer_decay is not None else ({}, 1)
+    buckets: dict[tuple[float, bool], list[nn.Parameter]] = {}
     for name, p in module.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+        scale = lr_scale
+        if layer_decay is not None:
+            scale *= layer_decay ** (n_layers - ids.get(name, n_layers))
+        if patch_embed_lr_mult != 1.0 and name.startswith("patch_embed."):
+            scale *= patch_embed_lr_mult
+        decays = not (p.ndim <= 1 or name.endswith(".bias"))
+        buckets.setdefault((scale, decays), []).append(p)
     groups = []
-    if decay:
-        groups.append({"params": decay, "lr_scale": lr_scale, "apply_wd": weight_decay})
-    if no_decay:
-        groups.append({"params": no_decay, "lr_scale": lr_scale, "apply_wd": False})
+    for want in (True, False):  # decayed groups first
+        for (scale, decays), params in buckets.items():
+            if decays == want:
+                apply_wd = weight_decay and decays
+                groups.append({"params": params, "lr_scale": scale, "apply_wd": apply_wd})
     return groups

@@ -1,5 +1,9 @@
 """Self-supervised losses: one loss per module, maths in ``forward``."""
 
+from acclimate.ssl.losses.byol_loss import BYOLLoss
 from acclimate.ssl.losses.dino_loss import DINOLoss
+from acclimate.ssl.losses.distill_loss import EmbeddingDistillLoss
+from acclimate.ssl.losses.moco_loss import MoCoV3Loss
+from acclimate.ssl.losses.ntxent_loss import NTXentLoss
 
-__all__ = ["DINOLoss"]
+__all__ = ["BYOLLoss", "DINOLoss", "EmbeddingDistillLoss", "MoCoV3Loss", "NTXentLoss"]

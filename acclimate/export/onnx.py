@@ -1,0 +1,96 @@
+"""ONNX export of the frozen extractor: ``model.onnx`` maps a preprocessed batch to pooled
+features. Needs ``pip install acclimate[onnx]`` (onnx, onnxscript for torch's exporter,
+onnxruntime for the equality check)."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from acclimate.eval.features import features_of
+
+log = logging.getLogger(__name__)
+
+INPUT, OUTPUT = "images", "features"
+SINGLE_FILE_LIMIT = 1_800_000_000  # bytes of weights; protobuf caps one file at 2 GB
+
+
+class PooledFeatures(nn.Module):
+    """``images`` (B, C, H, W) normalised -> ``features`` (B, D), the pooled features of
+    :func:`acclimate.eval.features.features_of`."""
+
+    def __init__(self, backbone: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, images: Tensor) -> Tensor:
+        return features_of(self.backbone, images, "pooled")
+
+
+def _fixed_size_copy(model: nn.Module, image_size: int) -> nn.Module:
+    """A float32 eval copy on the CPU; ViTs get their position embedding resampled once to
+    ``image_size`` so the graph holds no per-call interpolation."""
+    m = copy.deepcopy(model).cpu().float().eval()
+    if hasattr(m, "set_input_size") and hasattr(m, "pos_embed"):
+        m.set_input_size(img_size=(image_size, image_size))
+    return m
+
+
+def export_onnx(
+    model: nn.Module, path: str | Path, channels: int, image_size: int, opset: int = 18
+) -> dict[str, Any]:
+    """Write ``path`` (ONNX, dynamic batch axis) for ``model`` at ``image_size``.
+
+    Uses torch's ``torch.export``-based exporter (``dynamo=True``). Weights over about 1.8 GB go
+    to an external ``path.data`` file beside it. Returns the description stored in
+    ``acclimate.json`` under ``onnx``.
+    """
+    path = Path(path)
+    wrapped = PooledFeatures(_fixed_size_copy(model, image_size))
+    x = torch.randn(2, channels, image_size, image_size)
+    n_bytes = sum(p.numel() * p.element_size() for p in wrapped.parameters())
+    with torch.no_grad():
+        dim = int(wrapped(x).shape[1])
+        torch.onnx.export(
+            wrapped,
+            (x,),
+            str(path),
+            input_names=[INPUT],
+            output_names=[OUTPUT],
+            dynamic_shapes=({0: torch.export.Dim("batch")},),
+            opset_version=opset,
+            dynamo=True,
+            external_data=n_bytes > SINGLE_FILE_LIMIT,
+            verbose=False,
+        )
+    return {
+        "file": path.name,
+        "input": INPUT,
+        "input_shape": ["batch", channels, image_size, image_size],
+        "output": OUTPUT,
+        "output_shape": ["batch", dim],
+        "opset": opset,
+    }
+
+
+def onnx_features(path: str | Path, images: Tensor) -> Tensor:
+    """Run ``model.onnx`` with onnxruntime (CPU): images (B, C, H, W) -> features (B, D)."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (out,) = session.run([OUTPUT], {INPUT: images.float().numpy()})
+    return torch.from_numpy(np.asarray(out))
+
+
+@torch.no_grad()
+def onnx_max_abs_diff(model: nn.Module, path: str | Path, images: Tensor) -> float:
+    """Largest absolute difference between onnxruntime's and PyTorch's pooled features."""
+    m = _fixed_size_copy(model, images.shape[-1])
+    expected = features_of(m, images.float(), "pooled")
+    return float((onnx_features(path, images) - expected).abs().max())

@@ -1,0 +1,120 @@
+"""Feature distillation: a smaller student learns to reproduce a frozen teacher's embeddings on
+domain images (in the spirit of Oquab et al. 2023, Sec. 5, which distils DINOv2 ViT-g into smaller
+models; here with an embedding-regression loss and any teacher the backbone factory can build)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from acclimate.backbones import create_backbone, feature_dim
+from acclimate.ssl.losses import EmbeddingDistillLoss
+from acclimate.ssl.optim import OptimSettings
+from acclimate.ssl.two_view import TwoViewModule, two_views
+
+
+def input_channels(model: nn.Module) -> int:
+    """Input channels of a timm backbone (its first convolution: stem or patch embedding)."""
+    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    return conv.in_channels if conv is not None else 3
+
+
+class Distill(TwoViewModule):
+    """Student (the recipe's ``backbone``) regresses a frozen teacher's pooled embeddings.
+
+    The teacher is built by `create_backbone` from ``teacher_name`` / ``teacher_weights``: any
+    timm backbone (DINOv2, SigLIP or CLIP vision towers, ...) with hub weights or a local file, or
+    an acclimate export folder (``teacher_weights: path/to/export``). It stays frozen, in eval
+    mode, and is left out of checkpoints (rebuilt from the recipe on resume). The student's
+    embedding goes through a linear projection when the widths differ; the projection is a
+    training head and is not exported, so the export is a plain student backbone.
+
+    Preprocessing: the teacher sees the student's views exactly as normalised for the student
+    (``data.mean`` / ``data.std``), resized to ``teacher_image_size`` when given. Use statistics
+    that suit both (the teacher's own, e.g. ``data.mean: [0.485, 0.456, 0.406]`` for an
+    ImageNet-normalised teacher), or accept the mismatch for domain statistics.
+
+    Args:
+        backbone: student; ``backbone(x)`` -> (B, D_s).
+        batch_size: images per device per step (sets the learning-rate scaling).
+        optim: optimiser settings. With no projection (equal widths), set
+            ``optim.freeze_backbone_epochs: 0``: nothing else would train during the warm-up.
+        teacher_name: timm name of the teacher (``vit_base_patch14_dinov2.lvd142m``,
+            ``vit_base_patch16_siglip_224.webli``, ...).
+        teacher_weights: ``hub``, ``package:NAME``, a checkpoint file or an export folder (as
+            ``backbone.weights``); None is a random teacher (only for tests).
+        teacher_image_size: resize the views to this side for the teacher (bilinear, antialias);
+            set it when the teacher needs a fixed input size or its patch size does not divide
+            the crop (DINOv2: 14). None feeds the views unchanged.
+        loss: ``cosine`` or ``smooth_l1`` on L2-normalised embeddings.
+        smooth_l1_beta: threshold of the smooth-L1 loss.
+        projection: ``auto`` = a linear layer only when the widths differ; ``linear`` = always.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        batch_size: int = 64,
+        optim: OptimSettings | None = None,
+        teacher_name: str = "vit_small_patch14_dinov2.lvd142m",
+        teacher_weights: str | None = "hub",
+        teacher_image_size: int | None = None,
+        loss: Literal["cosine", "smooth_l1"] = "cosine",
+        smooth_l1_beta: float = 0.1,
+        projection: Literal["auto", "linear"] = "auto",
+    ) -> None:
+        super().__init__(backbone, batch_size, optim)
+        if teacher_image_size is not None and teacher_image_size <= 0:
+            raise ValueError(f"teacher_image_size must be positive, got {teacher_image_size}")
+        self.save_hyperparameters(ignore=["backbone", "optim"])
+        self.hparams["optim"] = self.optim.to_dict()
+        teacher = create_backbone(teacher_name, teacher_weights, in_chans=input_channels(backbone))
+        self.teacher = teacher.eval().requires_grad_(False)
+        d_s, d_t = feature_dim(backbone), feature_dim(self.teacher)
+        if d_s != d_t or projection == "linear":
+            self.projection: nn.Module = nn.Linear(d_s, d_t)
+        else:
+            self.projection = nn.Identity()
+            if self.optim.freeze_backbone_epochs > 0:
+                raise ValueError(
+                    "student and teacher widths are equal, so there is no projection to warm up "
+                    "while the backbone is frozen; set optim.freeze_backbone_epochs: 0 or "
+                    "method.projection: linear"
+                )
+        self.criterion = EmbeddingDistillLoss(loss, smooth_l1_beta)
+
+    def head_modules(self) -> list[nn.Module]:
+        return [self.projection]
+
+    @torch.no_grad()
+    def teacher_embed(self, x: Tensor) -> Tensor:
+        """x: (B, C, H, W) student-normalised views -> (B, D_t) teacher embeddings."""
+        self.teacher.eval()
+        size = self.hparams.teacher_image_size
+        if size is not None and x.shape[-2:] != (size, size):
+            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
+        return self.teacher(x)
+
+    def training_step(self, batch: tuple[dict, Tensor], batch_idx: int) -> Tensor:
+        x = torch.cat(two_views(batch))
+        target = self.teacher_embed(x)
+        with self.maybe_frozen():
+            feats = self.backbone(x)
+        loss = self.criterion(self.projection(feats), target)
+        self.log_loss(loss)
+        return loss
+
+    # The frozen teacher is rebuilt from the recipe: keep it out of checkpoints (a ViT-L teacher
+    # would add over 1 GB to every one).
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        sd = checkpoint.get("state_dict", {})
+        for k in [k for k in sd if k.startswith("teacher.")]:
+            del sd[k]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        sd = checkpoint.setdefault("state_dict", {})
+        for k, v in self.teacher.state_dict(prefix="teacher.").items():
+            sd.setdefault(k, v)

@@ -1,0 +1,82 @@
+"""MoCo v3 (Chen, Xie, He, "An Empirical Study of Training Self-Supervised Vision Transformers",
+ICCV 2021), set up for continuing from a pretrained backbone."""
+
+from __future__ import annotations
+
+import copy
+
+from torch import Tensor, nn
+
+from acclimate.backbones import feature_dim
+from acclimate.ssl.heads import MLPHead
+from acclimate.ssl.losses import MoCoV3Loss
+from acclimate.ssl.optim import OptimSettings
+from acclimate.ssl.two_view import MomentumModule, two_views
+
+
+class MoCoV3(MomentumModule):
+    """Query encoder (backbone + projector + predictor) against a momentum key encoder (backbone +
+    projector, EMA of the query's), symmetric InfoNCE with the keys of the global batch.
+
+    The momentum encoder starts as a copy of the pretrained backbone and a copy of the projector.
+    The batch is ``({"global": [v1, v2], ...}, labels)`` from ``MultiCropTransform``.
+
+    Args:
+        backbone: base encoder; ``backbone(x)`` -> (B, D).
+        batch_size: images per device per step (sets the learning-rate scaling).
+        optim: optimiser settings.
+        hidden_dim: hidden width of projector and predictor (paper: 4096).
+        dim: output width of projector and predictor (paper: 256).
+        proj_layers: projector depth (paper: 3 for ViT, 2 for ResNet).
+        pred_layers: predictor depth (paper: 2).
+        sync_bn_in_head: head BatchNorm statistics over every rank (the paper's SyncBN).
+        temperature: tau (paper: 0.2 for ViT, 1.0 for ResNet).
+        momentum: starting EMA momentum, raised to ``momentum_end`` by a cosine schedule
+            (paper: 0.99 -> 1; raise towards 0.996 for small datasets or small batches).
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        batch_size: int = 64,
+        optim: OptimSettings | None = None,
+        hidden_dim: int = 4096,
+        dim: int = 256,
+        proj_layers: int = 3,
+        pred_layers: int = 2,
+        sync_bn_in_head: bool = True,
+        temperature: float = 0.2,
+        momentum: float = 0.99,
+        momentum_end: float = 1.0,
+    ) -> None:
+        super().__init__(backbone, batch_size, optim)
+        self.check_momentum(momentum, momentum_end)
+        self.save_hyperparameters(ignore=["backbone", "optim"])
+        self.hparams["optim"] = self.optim.to_dict()
+        self.momentum_start, self.momentum_end = momentum, momentum_end
+        self.projector = MLPHead(
+            feature_dim(backbone),
+            hidden_dim,
+            dim,
+            n_layers=proj_layers,
+            last_bn=True,
+            sync_bn=sync_bn_in_head,
+        )
+        self.predictor = MLPHead(dim, hidden_dim, dim, n_layers=pred_layers, sync_bn=sync_bn_in_head)
+        self.teacher_backbone = copy.deepcopy(backbone).requires_grad_(False)
+        self.teacher_projector = copy.deepcopy(self.projector).requires_grad_(False)
+        self.criterion = MoCoV3Loss(temperature)
+
+    def head_modules(self) -> list[nn.Module]:
+        return [self.projector, self.predictor]
+
+    def ema_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        return [(self.teacher_backbone, self.backbone), (self.teacher_projector, self.projector)]
+
+    def training_step(self, batch: tuple[dict, Tensor], batch_idx: int) -> Tensor:
+        views = list(two_views(batch))
+        q1, q2 = (self.predictor(z) for z in self.online_forward(views, self.projector))
+        k1, k2 = self.teacher_forward(views, self.teacher_projector)
+        loss = self.criterion(q1, q2, k1, k2)
+        self.log_loss(loss, {"moco/momentum": self.teacher_momentum()})
+        return loss
