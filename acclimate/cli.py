@@ -1,4 +1,4 @@
-"""The ``acclimate`` command: train | export | probe | evaluate | embed | stats."""
+"""The ``acclimate`` command: train | export | probe | evaluate | embed | search | stats."""
 
 from __future__ import annotations
 
@@ -37,8 +37,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise UsageError("give a RECIPE (e.g. recipes/demo.yaml) or --resume RUN_DIR")
         recipe = load_recipe(args.recipe, args.overrides)
         run_dir, metrics = train(recipe, args.run_dir)
-    print(f"run folder: {run_dir}")
-    print(f"before -> after: {summarize(metrics)}")
+    if int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0:
+        print(f"run folder: {run_dir}")
+        print(f"before -> after: {summarize(metrics)}")
     return 0
 
 
@@ -61,8 +62,20 @@ def cmd_export(args: argparse.Namespace) -> int:
         recipe=meta.get("recipe"),
         metrics=metrics,
         source=resolved.description,
+        bands=meta.get("bands"),
+        statistics=meta.get("statistics"),
     )
     print(f"exported {resolved.description} to {out}")
+    if args.onnx:
+        from acclimate.export.onnx import add_onnx
+
+        try:
+            info = add_onnx(out)
+        except ImportError as e:
+            raise UsageError(str(e)) from None
+        diff = info.get("max_abs_diff")
+        checked = f"max abs diff to PyTorch {diff:.1e}" if diff is not None else "not checked"
+        print(f"ONNX: {out / info['file']} ({checked})")
     return 0
 
 
@@ -127,12 +140,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         max_test_images=args.max_images,
         probe_weight_decay=args.weight_decay,
     )
-    rs = ReportSettings(
-        weight_decays=tuple(args.weight_decays),
-        prefer_weight_decay=args.weight_decay,
-        shots=tuple(args.shots),
-        seeds=tuple(range(args.seeds)),
-    )
+    try:
+        rs = ReportSettings(
+            weight_decays=tuple(args.weight_decays),
+            prefer_weight_decay=args.weight_decay,
+            shots=tuple(args.shots),
+            seeds=tuple(range(args.seeds)),
+        )
+    except ValueError as e:
+        raise UsageError(f"{e} (--weight-decays, --shots, --seeds)") from None
     results: dict[str, Any] = {
         "data": str(args.data),
         "forgetting_data": args.forgetting_data,
@@ -146,7 +162,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         )
         tf = EvalTransform(r.image_size, r.mean, r.std)
         sources = labelled_splits(args.data, len(r.mean), settings)
-        train, test = split_features(r.model, sources, tf, settings.batch_size, settings.num_workers)
+        train, test = split_features(
+            r.model, sources, tf, settings.batch_size, settings.num_workers
+        )
         metrics = measure_features(train, test, rs, sources[0].classes)
         if args.forgetting_data:
             src = labelled_splits(args.forgetting_data, len(r.mean), settings)
@@ -188,52 +206,141 @@ def _record_evaluation(results: dict[str, Any], report: Path) -> None:
             write_model_card(spec)
 
 
-def cmd_embed(args: argparse.Namespace) -> int:
-    import numpy as np
-
+def _embed_source(
+    r: Any, images: str, kind: str, batch_size: int, desc: str
+) -> tuple[Any, list[str]]:
+    """Features of every image of a source (progress bar) and their file names."""
     from acclimate.data.datamodule import eval_loader
     from acclimate.data.sources import open_source
     from acclimate.data.transforms import EvalTransform
     from acclimate.eval.features import extract_features
+
+    src = open_source(images, None, channels=len(r.mean))
+    loader = eval_loader(src, EvalTransform(r.image_size, r.mean, r.std), batch_size)
+    feats, _ = extract_features(r.model, loader, kind=kind, progress=True, desc=desc)
+    return feats, [src.describe(i) for i in range(len(src))]
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from acclimate.eval.embed import files_list_path, save_features, write_index
     from acclimate.export.load import resolve_model
 
+    if args.faiss and args.kind == "patch":
+        raise UsageError("--faiss indexes one vector per image: use --kind pooled or cls")
     r = resolve_model(
         args.model, weights=args.weights, image_size=args.image_size, in_chans=args.channels
     )
-    src = open_source(args.images, None, channels=len(r.mean))
-    loader = eval_loader(src, EvalTransform(r.image_size, r.mean, r.std), args.batch_size)
-    feats, _ = extract_features(r.model, loader, kind=args.kind, progress=True, desc="embed")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    np.save(out, feats.numpy())
-    files = out.with_suffix(".files.txt")
-    files.write_text("\n".join(src.describe(i) for i in range(len(src))) + "\n")
-    print(f"{tuple(feats.shape)} {args.kind} features -> {out} (file list: {files})")
+    feats, files = _embed_source(r, args.images, args.kind, args.batch_size, "embed")
+    out = save_features(args.out, feats, files)
+    print(f"{tuple(feats.shape)} {args.kind} features -> {out} (file list: {files_list_path(out)})")
+    if args.faiss:
+        try:
+            model = str(Path(args.model).resolve()) if Path(args.model).exists() else args.model
+            weights = args.weights
+            if weights and Path(weights).exists():
+                weights = str(Path(weights).resolve())
+            info = {
+                "model": model,
+                "weights": weights,
+                "image_size": r.image_size,
+                "channels": len(r.mean),
+                "kind": args.kind,
+            }
+            index = write_index(out, feats, files, info)
+        except ImportError as e:
+            raise UsageError(str(e)) from None
+        print(f"FAISS index ({len(files)} vectors, cosine) -> {index}")
     return 0
 
 
-def cmd_stats(args: argparse.Namespace) -> int:
-    from acclimate.data.sources import open_source
-    from acclimate.data.stats import channel_stats
+def cmd_search(args: argparse.Namespace) -> int:
+    from acclimate.eval.embed import load_index, search
+    from acclimate.export.load import resolve_model
 
-    src = open_source(args.source, args.split, channels=args.channels)
-    mean, std = channel_stats(src, max_images=args.max_images)
+    try:
+        index, files, meta = load_index(args.index)
+    except ImportError as e:
+        raise UsageError(str(e)) from None
+    r = resolve_model(
+        args.model or meta["model"],
+        weights=args.weights or meta.get("weights"),
+        image_size=meta["image_size"],
+        in_chans=meta["channels"],
+    )
+    queries, names = _embed_source(r, args.queries, meta["kind"], args.batch_size, "queries")
+    scores, ids = search(index, queries, args.k)
     result = {
-        "source": str(args.source),
-        "split": args.split,
-        "channels": args.channels,
-        "n_images": len(src),
-        "sampled": min(len(src), args.max_images),
-        "mean": mean,
-        "std": std,
+        "index": str(args.index),
+        "k": int(ids.shape[1]),
+        "metric": "cosine",
+        "queries": [
+            {
+                "query": q,
+                "neighbours": [
+                    {"rank": j + 1, "file": files[i], "score": round(float(s), 6)}
+                    for j, (i, s) in enumerate(zip(row_ids.tolist(), row_s.tolist(), strict=True))
+                ],
+            }
+            for q, row_ids, row_s in zip(names, ids, scores, strict=True)
+        ],
     }
-    if args.out:
-        _save_json(Path(args.out), result)
+    _save_json(Path(args.out), result)
+    for q in result["queries"][: args.print_max]:
+        best = ", ".join(f"{Path(n['file']).name} ({n['score']:.3f})" for n in q["neighbours"])
+        print(f"{q['query']}: {best}")
+    if len(names) > args.print_max:
+        print(f"... {len(names) - args.print_max} more queries in {args.out}")
+    print(f"{len(names)} queries x {result['k']} neighbours -> {args.out}")
+    return 0
+
+
+def _band_list(text: str | None) -> list[int | str] | None:
+    """``"3,2,1"`` -> [3, 2, 1]; ``"B04,B03"`` -> ["B04", "B03"]."""
+    if not text:
+        return None
+    return [int(b) if b.strip().lstrip("-").isdigit() else b.strip() for b in text.split(",")]
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from acclimate.data.datamodule import resolve_split
+    from acclimate.data.readers import ReadOptions
+    from acclimate.data.sources import open_source
+    from acclimate.data.stats import cached_stats_file, save_stats, source_stats
+
+    bands = _band_list(args.bands)
+    channels = args.channels or (len(bands) if bands else 3)
+    window = [float(v) for v in args.window.split(",")] if args.window else None
+    if window is not None and len(window) != 2:
+        raise UsageError("--window takes CENTRE,WIDTH (e.g. 40,400 for a CT soft-tissue window)")
+    names = args.band_names.split(",") if args.band_names else None
+    options = ReadOptions(
+        bands=None if bands is None else tuple(bands),
+        band_names=None if names is None else tuple(n.strip() for n in names),
+        window=None if window is None else (window[0], window[1]),
+        slice_axis=args.slice_axis,
+    )
+    split = None if args.split == "all" else resolve_split(args.source, args.split)
+    src = open_source(args.source, split, channels=channels, options=options)
+    stats = source_stats(src, max_images=args.max_images)
+    result = {"source": str(args.source), "split": split, "options": options.__dict__, **stats}
+    written = [Path(args.out)] if args.out else []
+    cache = cached_stats_file(args.source, split, channels, options)
+    if cache is not None:
+        written.append(cache)
+    for path in written:
+        save_stats(path, result)
+    mean, std = stats["mean"], stats["std"]
     print(f"mean: {[round(m, 4) for m in mean]}\nstd:  {[round(s, 4) for s in std]}")
+    for p in ("1", "99"):
+        if p in stats["percentiles"]:
+            print(f"p{p}:  {[round(v, 4) for v in stats['percentiles'][p]]}")
     print(
         f"use in a recipe: data.mean={[round(m, 4) for m in mean]} "
         f"data.std={[round(s, 4) for s in std]}"
+        + (f", or data.stats={written[0]}" if written else "")
     )
+    if cache is not None:
+        print(f"cached for data.mean: auto on this source and split: {cache}")
     return 0
 
 
@@ -262,6 +369,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", required=True, help="export folder to write")
     e.add_argument(
         "--student", action="store_true", help="export the student instead of the EMA teacher"
+    )
+    e.add_argument(
+        "--onnx",
+        action="store_true",
+        help="also write model.onnx (preprocessed images -> pooled features, dynamic batch), "
+        "checked against PyTorch with onnxruntime; needs acclimate[onnx]",
     )
     e.set_defaults(fn=cmd_export)
 
@@ -323,27 +436,80 @@ def build_parser() -> argparse.ArgumentParser:
         help="labelled images per class of the few-shot probes",
     )
     ev.add_argument(
-        "--seeds", type=int, default=3, help="random draws per few-shot setting (raise for "
-        "tighter error bars)"
+        "--seeds",
+        type=int,
+        default=3,
+        help="random draws per few-shot setting (raise for tighter error bars)",
     )
     ev.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
     ev.set_defaults(fn=cmd_evaluate)
 
-    em = sub.add_parser("embed", help="extract features of a folder of images to .npy")
+    em = sub.add_parser(
+        "embed", help="extract features of images to .npy/.safetensors (+ a FAISS index)"
+    )
     em.add_argument("model", metavar="MODEL", help="export folder, run folder, .ckpt or timm name")
     em.add_argument("images", help="image source (folder, CSV, .npz)")
-    em.add_argument("--out", required=True, help="output .npy file")
-    em.add_argument("--kind", choices=["pooled", "cls", "patch"], default="pooled")
+    em.add_argument(
+        "--out",
+        required=True,
+        help="features file: FILE.npy or FILE.safetensors (key 'features'); the file list goes "
+        "to FILE.files.txt",
+    )
+    em.add_argument(
+        "--kind",
+        choices=["pooled", "cls", "patch"],
+        default="pooled",
+        help="pooled (the model's own pooling, (N, D)), cls (ViT CLS token, (N, D)) or patch "
+        "tokens ((N, T, D), for dense tasks)",
+    )
     em.add_argument("--batch-size", type=int, default=64)
+    em.add_argument(
+        "--faiss",
+        action="store_true",
+        help="also build an exact cosine FAISS index FILE.faiss (+ FILE.index.json) for "
+        "`acclimate search`; needs acclimate[faiss]",
+    )
     model_args(em)
     em.set_defaults(fn=cmd_embed)
 
-    st = sub.add_parser("stats", help="per-channel mean/std of a source, for data.mean/std")
+    se = sub.add_parser("search", help="nearest neighbours of query images in a FAISS index")
+    se.add_argument(
+        "index", metavar="INDEX", help="FILE.faiss written by `acclimate embed --faiss`"
+    )
+    se.add_argument("queries", metavar="QUERY_IMAGES", help="image source (folder, CSV, .npz)")
+    se.add_argument("-k", type=int, default=10, help="neighbours per query")
+    se.add_argument("--out", default="neighbours.json", help="JSON file of the results")
+    se.add_argument(
+        "--model",
+        help="embed queries with this MODEL instead of the one recorded in the index (it must "
+        "give the same features)",
+    )
+    se.add_argument("--weights", help="weights for --model (a timm name)")
+    se.add_argument("--batch-size", type=int, default=64)
+    se.add_argument("--print-max", type=int, default=20, help="queries printed to the terminal")
+    se.set_defaults(fn=cmd_search)
+
+    st = sub.add_parser(
+        "stats", help="per-channel mean/std/percentiles of a source, for data.mean/std/stats"
+    )
     st.add_argument("source", help="image source (folder, CSV, .npz)")
-    st.add_argument("--split", help="one split only (default: all)")
-    st.add_argument("--channels", type=int, default=3)
-    st.add_argument("--max-images", type=int, default=10000)
-    st.add_argument("--out", help="also write the statistics to this JSON file")
+    st.add_argument(
+        "--split",
+        default="auto",
+        help="one split; auto (default): train when the source has splits, as training does; "
+        "all: every split",
+    )
+    st.add_argument(
+        "--channels", type=int, help="bands per image (default: the --bands count, else 3)"
+    )
+    st.add_argument("--bands", help="bands to keep: 0-based indices or names, e.g. 3,2,1")
+    st.add_argument("--band-names", help="names of the file's bands, e.g. B01,B02,...,B12")
+    st.add_argument("--window", help="CENTRE,WIDTH window in raw/physical units (DICOM, NIfTI)")
+    st.add_argument("--slice-axis", type=int, default=2, help="NIfTI slicing axis")
+    st.add_argument(
+        "--max-images", type=int, default=10000, help="random sample size (one streaming pass)"
+    )
+    st.add_argument("--out", help="also write the statistics to this JSON file (data.stats)")
     st.set_defaults(fn=cmd_stats)
     return p
 

@@ -281,6 +281,9 @@ def validate(recipe: Recipe, default_name: str = "run") -> Recipe:
     if name not in methods:
         _fail(recipe, "method.name", f"unknown method {name!r}; {_suggest(name, list(methods))}")
     out["method"] = {"name": name, **_check_section(recipe, "method", methods[name], method)}
+    problem = methods[name].check_backbone(out["backbone"]["name"])
+    if problem:
+        _fail(recipe, "method.name", problem)
     if data["backbone"].get("in_chans") is None:  # not given: follow the data
         out["backbone"]["in_chans"] = out["data"]["channels"]
     recipe.data = out

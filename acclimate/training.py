@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,13 @@ import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from acclimate.adapters import (
+    AdapterCheckpoint,
+    AdapterError,
+    AdapterSettings,
+    apply_adapter,
+    base_reference,
+)
 from acclimate.backbones import create_backbone
 from acclimate.callbacks import AtomicCheckpointIO, KNNMonitor, RunMetadata
 from acclimate.config import ConfigError, Recipe, construct, load_recipe
@@ -44,6 +52,10 @@ class TrainerSettings:
         limit_train_batches: batches per epoch (a fraction or a count), for quick trials.
         progress_bar: show a progress bar.
         deterministic: ask for deterministic kernels (slower).
+        sync_batchnorm: convert every BatchNorm (backbone and heads) to torch's SyncBatchNorm so
+            that statistics cover the global batch under DDP (GPU only, a torch limitation). The
+            contrastive heads already synchronise theirs on any device (``sync_bn_in_head``); the
+            backbone's BatchNorm matters only with ``optim.freeze_norm_stats: false``.
     """
 
     max_epochs: int = 10
@@ -60,6 +72,12 @@ class TrainerSettings:
     limit_train_batches: int | float | None = None
     progress_bar: bool = True
     deterministic: bool = False
+    sync_batchnorm: bool = False
+
+    def _strategy(self) -> str:
+        # The backbone gets no gradient during the frozen warm-up (and frozen adapter layers
+        # never do): plain DDP would stop on parameters without gradients.
+        return "ddp_find_unused_parameters_true" if self.strategy == "ddp" else self.strategy
 
     def build(self, run_dir: Path, callbacks: list[pl.Callback]) -> pl.Trainer:
         ckpt = ModelCheckpoint(
@@ -79,7 +97,7 @@ class TrainerSettings:
             accelerator=self.accelerator,
             devices=self.devices,
             num_nodes=self.num_nodes,
-            strategy=self.strategy,
+            strategy=self._strategy(),
             precision=self.precision,
             accumulate_grad_batches=self.accumulate_grad_batches,
             gradient_clip_val=self.gradient_clip_val,
@@ -87,6 +105,7 @@ class TrainerSettings:
             limit_train_batches=self.limit_train_batches,
             enable_progress_bar=self.progress_bar,
             deterministic=self.deterministic,
+            sync_batchnorm=self.sync_batchnorm,
             logger=TensorBoardLogger(str(run_dir), name="tensorboard", version=""),
             callbacks=callbacks,
             plugins=[AtomicCheckpointIO()],
@@ -96,12 +115,21 @@ class TrainerSettings:
         )
 
 
+RUN_DIR_ENV = "ACCLIMATE_RUN_DIR"
+
+
 def _run_dir(recipe: Recipe, run_dir: str | Path | None) -> Path:
+    # Lightning's DDP launcher re-runs the command for every other local rank: they inherit the
+    # environment, so the first process's (time-stamped) run folder is passed on through it.
+    inherited = os.environ.get(RUN_DIR_ENV)
+    if inherited and int(os.environ.get("LOCAL_RANK", "0")) > 0:
+        return Path(inherited)
     if run_dir is None:
         run_dir = recipe.data.get("run_dir") or Path("runs") / (
             f"{recipe.data['name']}-{time.strftime('%Y%m%d-%H%M%S')}"
         )
     path = Path(run_dir)
+    os.environ[RUN_DIR_ENV] = str(path)
     if (path / "checkpoints" / "last.ckpt").exists():
         raise ConfigError(
             f"{path} already holds a run; resume it with `acclimate train --resume {path}` "
@@ -184,6 +212,15 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool) -> tuple[Path, dict[str,
 
     optim = construct(recipe, "optim", OptimSettings)
     start = copy.deepcopy(backbone).eval()
+    adapter = construct(recipe, "adapter", AdapterSettings)
+    try:  # before the method copies the backbone, so that its EMA teacher has the same layers
+        report = apply_adapter(backbone, adapter)
+        base = base_reference(recipe.data["backbone"], backbone) if adapter.active else {}
+    except AdapterError as e:
+        raise ConfigError(f"{recipe.files[-1]}: adapter: {e}") from None
+    log.info(report.summary())
+    if adapter.active and not optim.freeze_norm_stats:
+        log.warning("optim.freeze_norm_stats is false: frozen BatchNorm layers still re-estimate")
     method_cls = METHODS[recipe.data["method"]["name"]]
     module = construct(
         recipe, "method", method_cls, backbone=backbone, batch_size=dm.batch_size, optim=optim
@@ -200,13 +237,36 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool) -> tuple[Path, dict[str,
                 "std": std,
                 "image_size": dm.image_size,
                 "channels": dm.channels,
+                "bands": dm.band_names,  # names in input order, for the export
+                "statistics": dm.stats or (dm.statistics() if dm.stats_file else None),
             }
         )
     ]
     if sources is not None and eval_settings.every_n_epochs > 0:
         callbacks.append(KNNMonitor(*sources, eval_tf, eval_settings))
+    if sources is not None and eval_settings.pictures and eval_settings.every_n_epochs > 0:
+        from acclimate.eval.pictures import PictureMonitor
+
+        callbacks.append(
+            PictureMonitor(
+                sources[1],
+                eval_tf,
+                mean,
+                std,
+                eval_settings.n_pictures,
+                eval_settings.projector_images,
+                eval_settings.every_n_epochs,
+                eval_settings.batch_size,
+            )
+        )
+    if adapter.active:
+        callbacks.append(AdapterCheckpoint(base, adapter.save_base))
     settings = construct(recipe, "trainer", TrainerSettings)
     trainer = settings.build(run_dir, callbacks)
+    params = {"params/backbone_trainable": report.trainable, "params/backbone_total": report.total}
+    for lg in trainer.loggers if not resume else []:
+        lg.log_hyperparams(params)
+        lg.log_metrics({**params, "params/backbone_trainable_pct": report.percent}, step=0)
 
     metrics_path = run_dir / "metrics.json"
     metrics: dict[str, Any] = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}

@@ -45,3 +45,12 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def private_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Index and statistics caches go to a temporary folder, not the user's ~/.cache."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("ACCLIMATE_CACHE_DIR", str(tmp_path_factory.mktemp("acclimate-cache")))
+    yield
+    mp.undo()

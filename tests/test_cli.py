@@ -254,3 +254,26 @@ def test_bf16_mixed_precision_on_cpu(tmp_path, tiny_dataset):
         torch.isfinite(v).all() for v in saved["state_dict"].values() if v.is_floating_point()
     )
     assert not (run / "metrics.json").exists()
+
+
+def test_lightning_ddp_two_cpu_processes(tmp_path, tiny_dataset):
+    """Real Lightning DDP (gloo, 2 CPU processes launched by Lightning) through train.py: the
+    frozen warm-up (no backbone gradients) must not stop DDP, and ranks share one run folder."""
+    recipe = write_recipe(tmp_path, tiny_dataset, "test_vit")
+    run = tmp_path / "run"
+    cmd = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        str(recipe),
+        f"run_dir={run}",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "trainer.strategy=ddp",
+    ]
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    saved = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    # 36 images, batch 8 per process, 2 processes: 2 steps per epoch, 2 epochs
+    assert saved["global_step"] == 4
+    assert res.stdout.count("before -> after") == 1
+    assert json.loads((run / "metrics.json").read_text())["after"]["n_test"] == 18

@@ -139,18 +139,21 @@ def test_png_pixels_exact_and_conversions(tmp_path: Path) -> None:
     torch.testing.assert_close(as_gray.load(0), torch.from_numpy(gray)[None])
 
 
-def test_16bit_png_scaled_to_8bit(tmp_path: Path) -> None:
+def test_16bit_png_is_float_in_unit_range(tmp_path: Path) -> None:
     wide = np.array([[0, 257, 65535, 32896]], dtype=np.uint16)
     Image.fromarray(wide).save(tmp_path / "wide.png")
     assert Image.open(tmp_path / "wide.png").mode.startswith("I")
     image = open_source(tmp_path, channels=1).load(0)
-    assert image.tolist() == [[[0, 1, 255, 128]]]
+    assert image.dtype == torch.float32
+    torch.testing.assert_close(image, torch.from_numpy(wide / 65535).float()[None])
 
 
 def test_bad_channels(tmp_path: Path) -> None:
     _save(tmp_path / "a.png", _rgb(0))
-    with pytest.raises(DataError, match="channels=4"):
-        open_source(tmp_path, channels=4)
+    with pytest.raises(DataError, match="channels=0"):
+        open_source(tmp_path, channels=0)
+    with pytest.raises(DataError, match=r"3 band\(s\), expected 4"):
+        open_source(tmp_path, channels=4).load(0)
 
 
 # ----------------------------------------------------------------------------- CSV manifests

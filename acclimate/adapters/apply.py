@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import torch
@@ -11,8 +10,6 @@ from torch import nn
 from acclimate.adapters.config import AdapterSettings
 from acclimate.adapters.freeze import count_parameters, last_blocks, trainable_names
 from acclimate.adapters.inject import inject_lora
-
-log = logging.getLogger(__name__)
 
 # Attribute set on an adapted backbone (and so on its deep copies, e.g. an EMA teacher):
 # {"settings": AdapterSettings.to_dict(), "frozen": names of the frozen base parameters}.
@@ -28,12 +25,15 @@ class AdapterReport:
     trainable: int
     total: int
 
+    @property
+    def percent(self) -> float:
+        return 100.0 * self.trainable / max(self.total, 1)
+
     def summary(self) -> str:
         blocks = ", ".join(self.unfrozen_blocks) or "none"
         return (
             f"trainable backbone parameters: {self.trainable:,} of {self.total:,} "
-            f"({100 * self.trainable / max(self.total, 1):.2f}%); LoRA layers: "
-            f"{len(self.lora_layers)}; unfrozen: {blocks}"
+            f"({self.percent:.2f}%); LoRA layers: {len(self.lora_layers)}; unfrozen: {blocks}"
         )
 
 
@@ -62,9 +62,7 @@ def apply_adapter(model: nn.Module, settings: AdapterSettings) -> AdapterReport:
     frozen = sorted(n for n, p in model.named_parameters() if not p.requires_grad)
     setattr(model, ADAPTER_ATTR, {"settings": s.to_dict(), "frozen": frozen})
     trainable, total = count_parameters(model)
-    report = AdapterReport(tuple(lora), tuple(blocks), trainable, total)
-    log.info(report.summary())
-    return report
+    return AdapterReport(tuple(lora), tuple(blocks), trainable, total)
 
 
 @torch.no_grad()

@@ -19,6 +19,7 @@ from torch import nn
 from acclimate.adapters.apply import ADAPTER_ATTR, apply_adapter, fingerprint
 from acclimate.adapters.config import AdapterError, AdapterSettings
 from acclimate.adapters.merge import merge_lora
+from acclimate.config import ConfigError
 
 CKPT_KEY = "acclimate_adapter"
 
@@ -29,11 +30,12 @@ def base_reference(backbone_section: dict[str, Any], model: nn.Module) -> dict[s
     ref = dict(backbone_section)
     weights = ref.get("weights")
     if weights is None:
-        raise AdapterError(
-            "adapter.save_base: false needs base weights to refer to, but backbone.weights is "
-            "null (random init); set save_base: true"
-        )
-    if weights != "hub" and not str(weights).startswith("package:") and Path(weights).exists():
+        if not getattr(model, ADAPTER_ATTR)["settings"]["save_base"]:
+            raise AdapterError(
+                "save_base: false needs base weights to refer to, but backbone.weights is null "
+                "(random init); set save_base: true"
+            )
+    elif weights != "hub" and not str(weights).startswith("package:") and Path(weights).exists():
         ref["weights"] = str(Path(weights).resolve())
     frozen = getattr(model, ADAPTER_ATTR)["frozen"]
     ref["fingerprint"] = fingerprint(model, frozen)
@@ -87,13 +89,13 @@ class AdapterCheckpoint(pl.Callback):
         expected, have = set(pl_module.state_dict()), set(checkpoint["state_dict"])
         missing, unexpected = sorted(expected - have - dropped), sorted(have - expected)
         if missing or unexpected:
-            raise AdapterError(
+            raise ConfigError(
                 f"checkpoint does not fit the module: {len(missing)} tensors missing "
                 f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]}); "
                 "was it trained with another adapter: section?"
             )
         if dropped and not _same_fingerprint(info["base"]["fingerprint"], self.base["fingerprint"]):
-            raise AdapterError(
+            raise ConfigError(
                 f"the base weights {self.base.get('weights')} differ from those the checkpoint "
                 f"was trained from ({info['base'].get('weights')}); the checkpoint holds only the "
                 "adapter tensors, so it needs the very same base weights"

@@ -89,9 +89,8 @@ def trainable_names(
             prefixes += tuple(f + "." for f in firsts)
     out = set()
     for name, _ in model.named_parameters():
-        if name.startswith(prefixes) or (patch_embed and name in _EMBED_PARAMS):
-            out.add(name)
-        elif biases and name.endswith("bias"):
+        embed = patch_embed and name in _EMBED_PARAMS
+        if name.startswith(prefixes) or embed or (biases and name.endswith("bias")):
             out.add(name)
     if norms:
         for mname, m in model.named_modules():

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 
 class LoRALayer(nn.Module):
-    """Wrap an ``nn.Linear`` or an ``nn.Conv2d`` (groups = 1) and add ``scaling * B(A(dropout(x)))``.
+    """Wrap an ``nn.Linear`` or ``nn.Conv2d`` (groups = 1); add ``scaling * B(A(dropout(x)))``.
 
     For a linear layer ``A`` is (r, in) and ``B`` is (out, r); for a convolution ``A`` has the
     base kernel, stride, padding and dilation with r output channels and ``B`` is a 1x1
@@ -63,10 +63,8 @@ class LoRALayer(nn.Module):
     def delta_weight(self) -> Tensor:
         """``scaling * B A`` in the base weight's shape: (out, in) or (out, in, kH, kW)."""
         a, b = self.lora_A.weight.double(), self.lora_B.weight.double()
-        if a.ndim == 2:
-            delta = b @ a
-        else:  # (out, r, 1, 1) x (r, in, kH, kW) -> (out, in, kH, kW)
-            delta = torch.einsum("or,rikl->oikl", b[:, :, 0, 0], a)
+        # conv: (out, r, 1, 1) x (r, in, kH, kW) -> (out, in, kH, kW)
+        delta = b @ a if a.ndim == 2 else torch.einsum("or,rikl->oikl", b[:, :, 0, 0], a)
         return (delta * self.scaling).to(self.base_layer.weight.dtype)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -11,9 +12,16 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader
 
-from acclimate.data.dataset import ImageDataset
-from acclimate.data.sources import ImageSource, check_source, list_splits, open_source
-from acclimate.data.stats import channel_stats
+from acclimate.data.dataset import ImageDataset, bad_file_counts
+from acclimate.data.readers import DataError, ReadOptions, tiff_band_names
+from acclimate.data.sources import (
+    FileSource,
+    ImageSource,
+    check_source,
+    list_splits,
+    open_source,
+)
+from acclimate.data.stats import cached_stats_file, load_stats, save_stats, source_stats
 
 log = logging.getLogger(__name__)
 
@@ -37,16 +45,28 @@ class SSLDataModule(pl.LightningDataModule):
             folder of images, a CSV manifest or a MedMNIST-style .npz (see DESIGN.md).
         train_split: which split to train on; ``auto`` = ``train`` when the source has splits (so
             held-out splits stay held out), else everything; null = every split.
-        channels: 1 (grayscale) or 3 (RGB); images are converted on read.
+        channels: bands per image: 1 (grayscale) or 3 (RGB) convert on read; any other count
+            (e.g. 13 for Sentinel-2) must match the file's bands or ``bands``.
+        bands: bands to keep, in order: 0-based indices or names (``band_names``, else the
+            GeoTIFF's band descriptions); null keeps all. Recorded in the export.
+        band_names: names of the file's bands in order, e.g. [B01, B02, ..., B12]; set it
+            when the files carry none and you select by name or want names in the export.
+        window: [centre, width] in raw or physical units (HU for CT) mapping values to [0, 1];
+            null: DICOM uses the file's window, other formats their documented scaling.
+        slice_axis: NIfTI volumes are cut into 2D slices along this axis.
         image_size: side of the global crops and of evaluation/export inputs.
         mean, std: per-channel normalisation in [0, 1] units; ``auto`` computes them from the
             training images (recorded in the run folder and the export), ``backbone`` uses the
             backbone's pretraining statistics (ImageNet's for most timm weights).
+            ``auto`` reads ``stats`` when given, else what ``acclimate stats`` cached for
+            this source, else computes them (and caches them).
+        stats: a statistics file written by ``acclimate stats SRC --out FILE``.
         stats_images: images sampled to compute ``auto`` statistics.
         batch_size: images per device per step.
         num_workers: DataLoader worker processes (augmentation runs there).
         max_bad_fraction: fail before training when more than this fraction of a sample of the
-            source cannot be decoded.
+            source cannot be used.
+        skip_constant: skip images whose values are all equal (blank tiles, no-data areas).
     """
 
     def __init__(
@@ -54,19 +74,29 @@ class SSLDataModule(pl.LightningDataModule):
         train: str,
         train_split: str | None = "auto",
         channels: int = 3,
+        bands: list[int | str] | None = None,
+        band_names: list[str] | None = None,
+        window: list[float] | None = None,
+        slice_axis: int = 2,
         image_size: int = 224,
         mean: Normalization = "auto",
         std: Normalization = "auto",
+        stats: str | None = None,
         stats_images: int = 5000,
         batch_size: int = 64,
         num_workers: int = 2,
         max_bad_fraction: float = 0.5,
+        skip_constant: bool = True,
         transform: Callable[[Any], Any] | None = None,
         bad_file_log: str | Path | None = None,
     ) -> None:
         super().__init__()
-        if channels not in (1, 3):
-            raise ValueError(f"channels must be 1 or 3 for image files, got {channels}")
+        if channels < 1:
+            raise ValueError(f"channels must be >= 1, got {channels}")
+        if bands is not None and len(bands) != channels:
+            raise ValueError(f"bands lists {len(bands)} bands but channels is {channels}")
+        if window is not None and (len(window) != 2 or window[1] <= 1):
+            raise ValueError(f"window must be [centre, width] with width > 1, got {window}")
         if not 0 <= max_bad_fraction < 1:
             raise ValueError(f"max_bad_fraction must be in [0, 1), got {max_bad_fraction}")
         for name, value in (("mean", mean), ("std", std)):
@@ -75,30 +105,97 @@ class SSLDataModule(pl.LightningDataModule):
         self.spec = train
         self.split = resolve_split(train, train_split)
         self.channels = channels
+        self.options = ReadOptions(
+            bands=None if bands is None else tuple(bands),
+            band_names=None if band_names is None else tuple(band_names),
+            window=None if window is None else (float(window[0]), float(window[1])),
+            slice_axis=slice_axis,
+        )
         self.image_size = image_size
         self.mean, self.std = mean, std
+        self.stats_file = stats
+        self.stats: dict[str, Any] | None = None  # filled when statistics are read or computed
         self.stats_images = stats_images
+        self.skip_constant = skip_constant
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.transform = transform
         self.bad_file_log = bad_file_log
-        self.source: ImageSource = open_source(train, self.split, channels=channels)
-        check_source(self.source, min_good_fraction=1.0 - max_bad_fraction)
+        self.source: ImageSource = open_source(
+            train, self.split, channels=channels, options=self.options
+        )
+        self.bad_counts = check_source(
+            self.source,
+            min_good_fraction=1.0 - max_bad_fraction,
+            skip_constant=skip_constant,
+            bad_file_log=bad_file_log,
+        )
         log.info("training source: %s, %d images", self.source.name, len(self.source))
 
+    @property
+    def band_names(self) -> list[str] | None:
+        """Names of the training bands in order (for the export); None for plain gray/RGB."""
+        names = self.options.band_names
+        if names is None and isinstance(self.source, FileSource) and len(self.source):
+            first = self.source.paths[0]
+            if first.lower().endswith((".tif", ".tiff")) and self.channels not in (1, 3):
+                try:
+                    names = tiff_band_names(first)
+                except Exception as exc:  # a bad first file: no names
+                    log.debug("no band names from %s: %s", first, exc)
+        names = list(names) if names is not None else None
+        if self.options.bands is not None:
+            return [
+                b if isinstance(b, str) else (names[b] if names else f"band{b}")
+                for b in self.options.bands
+            ]
+        if names is not None and len(names) == self.channels:
+            return names
+        return None if self.channels in (1, 3) else [f"band{i}" for i in range(self.channels)]
+
+    def statistics(self) -> dict[str, Any]:
+        """Per-channel statistics: the ``stats`` file, else the cache of ``acclimate stats``
+        for this source, else computed over ``stats_images`` images (and cached)."""
+        if self.stats is not None:
+            return self.stats
+        if self.stats_file is not None:
+            self.stats = load_stats(self.stats_file, self.channels)
+            log.info("statistics from %s", self.stats_file)
+            return self.stats
+        cache = cached_stats_file(self.spec, self.split, self.channels, self.options)
+        if cache is not None and cache.exists():
+            try:
+                cached = load_stats(cache, self.channels)
+                if cached.get("n_images") == len(self.source):
+                    self.stats = cached
+                    log.info("statistics from the cache %s (`acclimate stats`)", cache)
+                    return self.stats
+                log.info("cached statistics %s are for another image count: recomputing", cache)
+            except DataError as exc:
+                log.warning("ignoring cached statistics: %s", exc)
+        log.info("computing channel statistics over up to %d images", self.stats_images)
+        self.stats = source_stats(self.source, max_images=self.stats_images)
+        if cache is not None:
+            try:
+                save_stats(cache, self.stats)
+            except OSError as exc:
+                log.warning("could not cache statistics in %s: %s", cache, exc)
+        return self.stats
+
     def normalization(self, backbone_cfg: dict | None = None) -> tuple[list[float], list[float]]:
-        """Resolve ``mean``/``std``: given lists, the backbone's, or computed from the data."""
+        """Resolve ``mean``/``std``: given lists, the backbone's, or from the data's statistics."""
         if isinstance(self.mean, list) and isinstance(self.std, list):
             return list(self.mean), list(self.std)
         if "backbone" in (self.mean, self.std):
             cfg = backbone_cfg or {}
             mean = list(cfg.get("mean", IMAGENET_MEAN))
             std = list(cfg.get("std", IMAGENET_STD))
-            if self.channels == 1:
-                mean, std = [sum(mean) / len(mean)], [sum(std) / len(std)]
+            if len(mean) != self.channels:  # RGB statistics for other band counts: their average
+                mean = [sum(mean) / len(mean)] * self.channels
+                std = [sum(std) / len(std)] * self.channels
         else:
-            log.info("computing channel statistics over up to %d images", self.stats_images)
-            mean, std = channel_stats(self.source, max_images=self.stats_images)
+            stats = self.statistics()
+            mean, std = stats["mean"], stats["std"]
         mean = self.mean if isinstance(self.mean, list) else mean
         std = self.std if isinstance(self.std, list) else std
         return [float(m) for m in mean], [float(s) for s in std]
@@ -106,7 +203,12 @@ class SSLDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         if self.transform is None:
             raise RuntimeError("SSLDataModule.transform must be set before training")
-        dataset = ImageDataset(self.source, self.transform, bad_file_log=self.bad_file_log)
+        dataset = ImageDataset(
+            self.source,
+            self.transform,
+            bad_file_log=self.bad_file_log,
+            skip_constant=self.skip_constant,
+        )
         workers = min(self.num_workers, os.cpu_count() or 1)
         return DataLoader(
             dataset,
@@ -116,6 +218,21 @@ class SSLDataModule(pl.LightningDataModule):
             num_workers=workers,
             persistent_workers=workers > 0,
             pin_memory=False,
+        )
+
+    def teardown(self, stage: str) -> None:
+        """Log the bad items of the run per reason and write them beside the list file."""
+        if self.bad_file_log is None or not Path(self.bad_file_log).exists():
+            return
+        counts = bad_file_counts(self.bad_file_log)
+        summary = Path(self.bad_file_log).with_suffix(".json")
+        summary.write_text(json.dumps({"counts": counts, "list": str(self.bad_file_log)}) + "\n")
+        log.warning(
+            "skipped %d bad item(s) of %s: %s (listed in %s)",
+            sum(counts.values()),
+            self.source.name,
+            ", ".join(f"{r} {c}" for r, c in sorted(counts.items())),
+            self.bad_file_log,
         )
 
 

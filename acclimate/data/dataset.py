@@ -10,7 +10,14 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from acclimate.data.readers import DataError, describe_error
+from acclimate.data.readers import (
+    BAD_REASONS,
+    DataError,
+    MissingExtra,
+    bad_reason,
+    describe_error,
+    reject_constant,
+)
 from acclimate.data.sources import ImageSource
 
 log = logging.getLogger(__name__)
@@ -37,11 +44,36 @@ def read_bad_file_log(path: str | Path) -> dict[str, str]:
     return entries
 
 
-class ImageDataset(Dataset):
-    """Items ``(transform(image), label)`` of an ImageSource; ``image`` is uint8 (C, H, W).
+def bad_file_counts(path: str | Path) -> dict[str, int]:
+    """Distinct bad items per reason (``readers.BAD_REASONS``) in a bad-file log."""
+    counts: dict[str, int] = {}
+    for reason in read_bad_file_log(path).values():
+        kind = reason[1 : reason.index("]")] if reason.startswith("[") and "]" in reason else ""
+        kind = kind if kind in BAD_REASONS else "unreadable"
+        counts[kind] = counts.get(kind, 0) + 1
+    return counts
 
-    When an item cannot be decoded (corrupt, truncated, missing), the file is reported once per
-    process (a WARNING, and a ``path<TAB>reason`` line appended to ``bad_file_log``) and the next
+
+def append_bad_file(log_file: str | Path, where: str, reason: str, text: str) -> bool:
+    """Append ``where<TAB>[reason] text`` to a bad-file log unless ``where`` is listed already;
+    True when written. One short append: lines from several workers do not interleave."""
+    log_file = Path(log_file)
+    where = _one_field(where)
+    if where in read_bad_file_log(log_file):
+        return False
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "a", encoding="utf-8") as f:
+        f.write(f"{where}\t[{reason}] {_one_field(text)}\n")
+    return True
+
+
+class ImageDataset(Dataset):
+    """Items ``(transform(image), label)`` of an ImageSource; ``image`` is (C, H, W), uint8 or
+    float32.
+
+    When an item cannot be used (missing, corrupt, truncated, wrong band count or pixel type,
+    and with ``skip_constant`` all one value), the file is reported once per process (a WARNING,
+    and a ``path<TAB>[reason] message`` line appended to ``bad_file_log``) and the next
     readable item is returned instead. ``n_bad`` counts the distinct bad items this process met;
     DataLoader workers each keep their own count, so use ``read_bad_file_log`` for a run total.
     """
@@ -53,8 +85,10 @@ class ImageDataset(Dataset):
         source: ImageSource,
         transform: Callable[[torch.Tensor], Any] | None = None,
         bad_file_log: str | Path | None = None,
+        skip_constant: bool = False,
     ) -> None:
         self.source = source
+        self.skip_constant = skip_constant
         self.transform = transform
         self.bad_file_log = None if bad_file_log is None else Path(bad_file_log)
         if self.bad_file_log is not None:
@@ -73,9 +107,13 @@ class ImageDataset(Dataset):
             i = (index + step) % n
             try:
                 image = self.source.load(i)
+                if self.skip_constant:
+                    reject_constant(image)
+            except MissingExtra:
+                raise
             except Exception as exc:  # decoders raise OSError, ValueError, SyntaxError, ...
                 last_error = describe_error(exc)
-                self._report_bad(i, last_error)
+                self._report_bad(i, bad_reason(exc), last_error)
                 continue
             label = int(self.source.labels[i])
             return (image if self.transform is None else self.transform(image)), label
@@ -85,21 +123,21 @@ class ImageDataset(Dataset):
             "run `acclimate stats` on the source and fix or remove the bad files"
         )
 
-    def _report_bad(self, i: int, reason: str) -> None:
+    def _report_bad(self, i: int, reason: str, text: str) -> None:
         if i in self._bad:
             return
         self._bad.add(i)
         self.n_bad += 1
-        where = _one_field(self.source.describe(i))
+        where = self.source.describe(i)
         if self.bad_file_log is None:
-            log.warning("skipping unreadable image %s (%s)", where, reason)
-            return
-        if where in read_bad_file_log(self.bad_file_log):  # met by another worker or epoch
+            log.warning("skipping unreadable image %s ([%s] %s)", where, reason, text)
+        elif append_bad_file(self.bad_file_log, where, reason, text):
+            log.warning(
+                "skipping unreadable image %s ([%s] %s); listed in %s",
+                where,
+                reason,
+                text,
+                self.bad_file_log,
+            )
+        else:  # met by another worker or epoch
             log.debug("skipping unreadable image %s (already logged)", where)
-            return
-        log.warning(
-            "skipping unreadable image %s (%s); listed in %s", where, reason, self.bad_file_log
-        )
-        # One short write in append mode: lines from several worker processes do not interleave.
-        with open(self.bad_file_log, "a", encoding="utf-8") as f:
-            f.write(f"{where}\t{_one_field(reason)}\n")

@@ -87,7 +87,8 @@ def bad_reason(exc: BaseException) -> str:
         return "missing"
     text = str(exc).lower()
     if isinstance(exc, EOFError) or any(
-        w in text for w in ("truncated", "end of file", "unexpected eof", "not enough data")
+        w in text
+        for w in ("truncated", "end of file", "unexpected eof", "not enough data", "failed to read")
     ):
         return "truncated"
     return "unreadable"
@@ -184,6 +185,15 @@ def to_uint8_tensor(array: np.ndarray, channels: int) -> torch.Tensor:
     raise BadImage(
         "band_count", f"image array of shape {array.shape} does not give {channels} channel(s)"
     )
+
+
+def reject_constant(image: torch.Tensor) -> torch.Tensor:
+    """``image`` unchanged, or BadImage("constant") when every value is the same (blank tiles,
+    no-data areas): such images teach an SSL method nothing and break per-image statistics."""
+    flat = image.reshape(-1)
+    if flat.numel() == 0 or bool((flat == flat[0]).all()):
+        raise BadImage("constant", f"all {flat.numel()} values are equal (a blank image)")
+    return image
 
 
 # ----------------------------------------------------------------------------- value conversion
@@ -428,8 +438,8 @@ def read_image(
     try:
         return _read_pil(path, channels, options)
     except (OSError, ValueError, SyntaxError) as exc:
-        if ext not in TIFF_EXTENSIONS or isinstance(exc, DataError) or bad_reason(exc) != (
-            "unreadable"
-        ):
+        if ext not in TIFF_EXTENSIONS or isinstance(exc, DataError):
+            raise
+        if bad_reason(exc) != "unreadable":
             raise
         return _read_tiff(path, channels, options)  # e.g. a 4-band or float TIFF PIL cannot read

@@ -16,11 +16,11 @@ slice. Large folder and CSV indexes are cached between runs (``index_cache.py``)
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import operator
 import os
 import zipfile
+from array import array
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -30,7 +30,6 @@ import torch
 from acclimate.data import index_cache
 from acclimate.data.readers import (
     DEFAULT_OPTIONS,
-    BadImage,
     DataError,
     MissingExtra,
     ReadOptions,
@@ -41,6 +40,7 @@ from acclimate.data.readers import (
     is_volume,
     nifti_slices,
     read_image,
+    reject_constant,
     to_uint8_tensor,
 )
 
@@ -96,10 +96,14 @@ class _PathArray:
     """
 
     def __init__(self, paths: Iterable[str]) -> None:
-        encoded = [os.fsencode(p) for p in paths]
-        self._buffer = b"".join(encoded)
-        self._offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
-        np.cumsum(np.fromiter(map(len, encoded), np.int64, len(encoded)), out=self._offsets[1:])
+        buffer = bytearray()  # grown in place: no list of a million bytes objects
+        ends = array("q")
+        for p in paths:
+            buffer += os.fsencode(p)
+            ends.append(len(buffer))
+        self._buffer = bytes(buffer)
+        self._offsets = np.zeros(len(ends) + 1, dtype=np.int64)
+        self._offsets[1:] = np.frombuffer(ends, dtype=np.int64) if ends else []
 
     @classmethod
     def from_buffer(cls, buffer: bytes, offsets: np.ndarray) -> _PathArray:
@@ -678,31 +682,53 @@ def list_splits(spec: str | Path) -> list[str]:
     raise DataError(f"cannot open {path} as a data source: {EXPECTED}")
 
 
-def check_source(source: ImageSource, sample: int = 64, min_good_fraction: float = 0.5) -> None:
-    """Decode a random sample of up to ``sample`` items and fail early if too few are readable.
+def check_source(
+    source: ImageSource,
+    sample: int = 64,
+    min_good_fraction: float = 0.5,
+    skip_constant: bool = False,
+    bad_file_log: str | Path | None = None,
+) -> dict[str, int]:
+    """Decode a random sample of up to ``sample`` items and fail early if too few are usable.
 
-    Raises DataError when the source is empty or fewer than ``min_good_fraction`` of the sample
-    decode, naming up to three bad files. Run it before training so a broken path fails in
-    seconds, not mid-epoch.
+    Returns the number of bad sampled items per reason (``readers.BAD_REASONS``). Raises
+    DataError when the source is empty, when an optional reader is missing, or when fewer than
+    ``min_good_fraction`` of the sample are usable, naming the counts per reason and up to three
+    bad files. With ``skip_constant``, blank images count as bad. Bad files found are appended
+    to ``bad_file_log`` (``path<TAB>[reason] message``). Run it before training so a broken
+    path fails in seconds, not mid-epoch.
     """
+    from acclimate.data.dataset import append_bad_file
+
     n = len(source)
     if n == 0:
         raise DataError(f"{source.name} holds no images: {EXPECTED}")
     rng = np.random.default_rng(0)
     picked = np.sort(rng.choice(n, size=min(max(sample, 1), n), replace=False))
-    bad: list[tuple[str, str]] = []
+    bad: list[tuple[str, str, str]] = []
     for i in picked.tolist():
         try:
-            source.load(i)
+            image = source.load(i)
+            if skip_constant:
+                reject_constant(image)
+        except MissingExtra:
+            raise
         except Exception as exc:  # decoders raise OSError, ValueError, SyntaxError, ...
-            bad.append((source.describe(i), describe_error(exc)))
+            bad.append((source.describe(i), bad_reason(exc), describe_error(exc)))
+    counts: dict[str, int] = {}
+    for _, reason, _ in bad:
+        counts[reason] = counts.get(reason, 0) + 1
+    if bad_file_log is not None:
+        for where, reason, text in bad:
+            append_bad_file(bad_file_log, where, reason, text)
     good = len(picked) - len(bad)
-    examples = "; ".join(f"{where} ({reason})" for where, reason in bad[:3])
+    per_reason = ", ".join(f"{r} {c}" for r, c in sorted(counts.items()))
+    examples = "; ".join(f"{where} ({text})" for where, _, text in bad[:3])
     if good < min_good_fraction * len(picked):
         raise DataError(
             f"{source.name}: only {good} of {len(picked)} sampled images are "
-            f"readable (need {min_good_fraction:.0%}), e.g. {examples}; "
-            "fix or remove the bad files, or check the path and format"
+            f"readable (need {min_good_fraction:.0%}; bad: {per_reason}), e.g. {examples}; "
+            "fix or remove the bad files, or check the path, format, channels and bands"
         )
     log.info(
         "%s: %d images, %d classes; %d of %d sampled images readable",
@@ -714,9 +740,11 @@ def check_source(source: ImageSource, sample: int = 64, min_good_fraction: float
     )
     if bad:
         log.warning(
-            "%s: %d of %d sampled images unreadable and will be skipped, e.g. %s",
+            "%s: %d of %d sampled images unusable and will be skipped (%s), e.g. %s",
             source.name,
             len(bad),
             len(picked),
+            per_reason,
             examples,
         )
+    return counts

@@ -1,69 +1,173 @@
-"""Per-channel pixel statistics of a source, for normalisation (``mean``/``std`` in a recipe)."""
+"""Per-channel pixel statistics of a source: mean/std for normalisation (``data.mean: auto``) and
+percentiles for clipping, in one streaming pass over a random sample.
+
+Values are in the units the transforms see before normalisation: uint8 images scaled to [0, 1],
+float images (16-bit, DICOM, NIfTI, ...) as the readers return them (see ``readers.py``).
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from acclimate.data.readers import DataError, describe_error
+from acclimate.data.readers import DataError, MissingExtra, describe_error
 from acclimate.data.sources import ImageSource
 
 log = logging.getLogger(__name__)
 
+PERCENTILES = (0.5, 1.0, 2.0, 50.0, 98.0, 99.0, 99.5)
+PERCENTILE_VALUES = 4_000_000  # values kept for percentiles, over all channels and images
 
-def channel_stats(
-    source: ImageSource, max_images: int = 10_000, seed: int = 0
-) -> tuple[list[float], list[float]]:
-    """Per-channel mean and (population) std of pixel values scaled to [0, 1].
 
-    Streams over a random sample of at most ``max_images`` images (all of them if fewer), so
-    memory does not grow with the sample and images may differ in size. Sums of values and of
-    squares are kept as exact integers over the uint8 pixels, so the result matches numpy's
-    ``mean``/``std`` over the same pixels to float64 rounding. Unreadable files are skipped.
+def _key(p: float) -> str:
+    return f"{p:g}"
+
+
+def source_stats(
+    source: ImageSource,
+    max_images: int = 10_000,
+    seed: int = 0,
+    percentiles: Sequence[float] = PERCENTILES,
+) -> dict[str, Any]:
+    """Per-channel ``mean``, ``std`` (population), ``min``, ``max`` and ``percentiles``
+    ({"1": [...], "99": [...]}) over a random sample of at most ``max_images`` images.
+
+    One pass, memory bounded whatever the sample: mean and variance are merged image by image
+    in float64 (Chan et al.'s parallel update), so they match numpy over the same pixels to
+    float64 rounding; percentiles come from up to ``PERCENTILE_VALUES`` pixels drawn uniformly
+    from each image (exact when the sample holds fewer pixels). Unreadable files are skipped.
     """
     n = len(source)
     if n == 0:
         raise DataError(f"{source.name} holds no images: nothing to compute statistics from")
     rng = np.random.default_rng(seed)
     picked = np.sort(rng.choice(n, size=min(max(max_images, 1), n), replace=False))
-    sums = [0] * source.channels
-    squares = [0] * source.channels
-    pixels = 0
+    c = source.channels
+    per_image = max(16, PERCENTILE_VALUES // (c * len(picked)))
+    count = 0
+    mean = torch.zeros(c, dtype=torch.float64)
+    m2 = torch.zeros(c, dtype=torch.float64)
+    lo = torch.full((c,), math.inf, dtype=torch.float64)
+    hi = torch.full((c,), -math.inf, dtype=torch.float64)
+    kept: list[np.ndarray] = []
     skipped = 0
     for i in picked.tolist():
         try:
             image = source.load(i)
+        except MissingExtra:
+            raise
         except Exception as exc:  # decoders raise OSError, ValueError, SyntaxError, ...
             log.warning(
-                "channel_stats: skipping unreadable image %s (%s)",
+                "statistics: skipping unreadable image %s (%s)",
                 source.describe(i),
                 describe_error(exc),
             )
             skipped += 1
             continue
-        values = image.reshape(image.shape[0], -1).to(torch.int64)
-        for c, (s, q) in enumerate(
-            zip(values.sum(1).tolist(), (values * values).sum(1).tolist(), strict=True)
-        ):
-            sums[c] += s
-            squares[c] += q
-        pixels += values.shape[1]
-    if pixels == 0:
+        x = image.reshape(image.shape[0], -1).to(torch.float64)
+        if image.dtype == torch.uint8:
+            x = x / 255.0
+        k = x.shape[1]
+        m_i = x.mean(1)
+        m2_i = ((x - m_i[:, None]) ** 2).sum(1)
+        delta = m_i - mean
+        total = count + k
+        mean += delta * (k / total)
+        m2 += m2_i + delta**2 * (count * k / total)
+        count = total
+        lo = torch.minimum(lo, x.min(1).values)
+        hi = torch.maximum(hi, x.max(1).values)
+        cols = x if k <= per_image else x[:, torch.from_numpy(rng.choice(k, per_image, False))]
+        kept.append(cols.to(torch.float32).numpy())
+    if count == 0:
         raise DataError(f"{source.name}: none of the {len(picked)} sampled images is readable")
-    # Population variance times pixels^2, exact in Python integers: n*sum(x^2) - sum(x)^2.
-    mean = [s / (pixels * 255) for s in sums]
-    std = [
-        math.sqrt(pixels * q - s * s) / (pixels * 255) for s, q in zip(sums, squares, strict=True)
-    ]
+    values = np.concatenate(kept, axis=1)
+    q = np.percentile(values.astype(np.float64), list(percentiles), axis=1)  # (P, C)
+    stats = {
+        "channels": c,
+        "mean": mean.tolist(),
+        "std": (m2 / count).sqrt().tolist(),
+        "min": lo.tolist(),
+        "max": hi.tolist(),
+        "percentiles": {_key(p): q[j].tolist() for j, p in enumerate(percentiles)},
+        "n_images": n,
+        "sampled": len(picked) - skipped,
+        "unreadable": skipped,
+        "pixels": count,
+    }
     log.info(
-        "channel_stats over %d images of %s (%d unreadable): mean %s, std %s",
-        len(picked) - skipped,
+        "statistics over %d images of %s (%d unreadable): mean %s, std %s",
+        stats["sampled"],
         source.name,
         skipped,
-        [round(m, 4) for m in mean],
-        [round(s, 4) for s in std],
+        [round(m, 4) for m in stats["mean"]],
+        [round(s, 4) for s in stats["std"]],
     )
-    return mean, std
+    return stats
+
+
+def channel_stats(
+    source: ImageSource, max_images: int = 10_000, seed: int = 0
+) -> tuple[list[float], list[float]]:
+    """Per-channel mean and (population) std; see ``source_stats``."""
+    stats = source_stats(source, max_images=max_images, seed=seed)
+    return stats["mean"], stats["std"]
+
+
+def save_stats(path: str | Path, stats: dict[str, Any]) -> Path:
+    """Write statistics as JSON (atomically)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(stats, indent=2) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def load_stats(path: str | Path, channels: int | None = None) -> dict[str, Any]:
+    """Read a statistics file written by ``acclimate stats``; check its channel count."""
+    path = Path(path)
+    try:
+        stats = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read statistics file {path}: {describe_error(exc)}") from exc
+    if not isinstance(stats, dict) or "mean" not in stats or "std" not in stats:
+        raise DataError(f"{path} is not a statistics file (run `acclimate stats SRC --out FILE`)")
+    if channels is not None and len(stats["mean"]) != channels:
+        raise DataError(
+            f"{path} holds statistics for {len(stats['mean'])} channel(s) but the data has "
+            f"{channels}: recompute them with `acclimate stats` and the same channels/bands"
+        )
+    return stats
+
+
+def stats_key(
+    spec: str | Path, split: str | None, channels: int, options: Any = None
+) -> dict[str, Any]:
+    """What statistics depend on: the source, the split, the channels and the read options."""
+    from dataclasses import asdict
+
+    return {
+        "source": str(Path(spec).expanduser().absolute()),
+        "split": split,
+        "channels": channels,
+        "options": None if options is None else json.loads(json.dumps(asdict(options))),
+    }
+
+
+def cached_stats_file(
+    spec: str | Path, split: str | None, channels: int, options: Any = None
+) -> Path | None:
+    """Where ``acclimate stats`` leaves the statistics of a source for ``data.mean: auto``
+    (``$ACCLIMATE_CACHE_DIR/stats/HASH.json``); None when the cache is off."""
+    from acclimate.data.index_cache import key_file
+
+    return key_file("stats", stats_key(spec, split, channels, options), ".json")

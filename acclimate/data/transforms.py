@@ -1,7 +1,15 @@
-"""Augmentations on uint8 tensors: DINO multi-crop views and the deterministic eval transform."""
+"""Augmentations on (C, H, W) tensors with any channel count, uint8 or float32: DINO multi-crop
+views with domain presets, and the deterministic eval transform.
+
+uint8 images (8-bit data) are scaled to [0, 1] before normalisation; float32 images (16-bit,
+DICOM, NIfTI, ...) are used as the readers return them (``readers.py``). The ``natural`` preset
+on RGB keeps torchvision's colour jitter on uint8; every other preset uses the float ops below,
+which work on any number of bands.
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Literal
 
@@ -9,27 +17,121 @@ import torch
 from torch import Tensor, nn
 from torchvision.transforms import v2
 
-Preset = Literal["natural", "satellite", "medical"]
+Preset = Literal["natural", "satellite", "medical", "microscopy"]
+
+
+def to_unit_float(x: Tensor) -> Tensor:
+    """uint8 -> float32 / 255; float tensors unchanged."""
+    return x.to(torch.float32) / 255.0 if x.dtype == torch.uint8 else x
+
+
+def _uniform(lo: float, hi: float, size: tuple[int, ...] = ()) -> Tensor:
+    return torch.empty(size).uniform_(lo, hi)
+
+
+class IntensityJitter(nn.Module):
+    """Brightness (multiplicative) and contrast (around the image mean) jitter for any band
+    count, no hue: x -> (x * b - m) * c + m. ``per_band`` draws factors per band (independent
+    fluorescence stains), else one factor for all bands (band ratios kept, as spectra carry the
+    meaning in satellite data). uint8 input comes out as float in [0, 1]; float input is not
+    clamped (its range is the reader's). x: (C, H, W)."""
+
+    def __init__(self, brightness: float, contrast: float, per_band: bool = False) -> None:
+        super().__init__()
+        self.brightness, self.contrast, self.per_band = brightness, contrast, per_band
+
+    def forward(self, x: Tensor) -> Tensor:
+        was_uint8 = x.dtype == torch.uint8
+        x = to_unit_float(x)
+        size = (x.shape[0], 1, 1) if self.per_band else (1, 1, 1)
+        b = _uniform(1 - self.brightness, 1 + self.brightness, size)
+        c = _uniform(1 - self.contrast, 1 + self.contrast, size)
+        x = x * b
+        m = x.mean(dim=(-2, -1), keepdim=True) if self.per_band else x.mean()
+        x = (x - m) * c + m
+        return x.clamp(0, 1) if was_uint8 else x
+
+
+class WindowJitter(nn.Module):
+    """Intensity windowing jitter for [0, 1] medical images (already windowed DICOM, 8/16-bit
+    X-rays): a random window of centre 0.5 + U(-shift, shift) and width 1 / U(1/scale, scale),
+    as a radiologist would re-window, then clamp to [0, 1]. x: (C, H, W)."""
+
+    def __init__(self, shift: float = 0.1, scale: float = 1.25) -> None:
+        super().__init__()
+        self.shift, self.scale = shift, scale
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = to_unit_float(x)
+        centre = 0.5 + float(_uniform(-self.shift, self.shift))
+        gain = math.exp(float(_uniform(-math.log(self.scale), math.log(self.scale))))
+        return ((x - centre) * gain + 0.5).clamp(0, 1)
+
+
+# Stain matrix of Ruifrok & Johnston (2001): rows are haematoxylin, eosin, DAB in optical density.
+_HED_FROM_RGB = torch.linalg.inv(
+    torch.tensor([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
+)
+_RGB_FROM_HED = torch.tensor([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
+
+
+class StainJitter(nn.Module):
+    """H&E stain augmentation (Tellez et al. 2018): RGB -> optical density -> HED stains, each
+    stain scaled by U(1 - sigma, 1 + sigma) and shifted by U(-sigma, sigma), and back.
+    x: (3, H, W) uint8 or float in [0, 1]; returns float in [0, 1]."""
+
+    def __init__(self, sigma: float = 0.05) -> None:
+        super().__init__()
+        self.sigma = sigma
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = to_unit_float(x)
+        od = -torch.log(x.clamp(min=1 / 255)).permute(1, 2, 0)  # (H, W, 3)
+        hed = od @ _HED_FROM_RGB
+        a = _uniform(1 - self.sigma, 1 + self.sigma, (3,))
+        b = _uniform(-self.sigma, self.sigma, (3,))
+        od = (hed * a + b) @ _RGB_FROM_HED
+        return torch.exp(-od).clamp(0, 1).permute(2, 0, 1).contiguous()
 
 
 def _photometric(preset: Preset, channels: int, strength: float) -> list[nn.Module]:
-    """Colour/intensity jitter for a preset; hue and saturation only exist for RGB."""
+    """Colour/intensity jitter for a preset; hue and saturation only for natural RGB photos."""
     if strength <= 0:
         return []
     if preset == "natural" and channels == 3:
         jitter = v2.ColorJitter(0.4 * strength, 0.4 * strength, 0.2 * strength, 0.1 * strength)
         return [v2.RandomApply([jitter], p=0.8), v2.RandomGrayscale(p=0.2)]
-    # satellite and medical: intensity only (no hue shift: colour carries meaning there)
-    jitter = v2.ColorJitter(brightness=0.4 * strength, contrast=0.4 * strength)
-    return [v2.RandomApply([jitter], p=0.8)] if channels in (1, 3) else []
+    if preset == "medical":  # windowing, no colour ops
+        return [v2.RandomApply([WindowJitter(0.1 * strength, 1 + 0.25 * strength)], p=0.8)]
+    if preset == "microscopy":
+        ops: list[nn.Module] = []
+        if channels == 3:
+            ops.append(v2.RandomApply([StainJitter(0.05 * strength)], p=0.8))
+        jitter = IntensityJitter(0.2 * strength, 0.2 * strength, per_band=channels != 3)
+        return [*ops, v2.RandomApply([jitter], p=0.8)]
+    # satellite (and natural non-RGB): intensity only, one factor for all bands (no hue shift)
+    return [v2.RandomApply([IntensityJitter(0.4 * strength, 0.4 * strength)], p=0.8)]
 
 
 def _geometric(preset: Preset) -> list[nn.Module]:
-    if preset == "satellite":  # overhead imagery has no canonical orientation
+    if preset in ("satellite", "microscopy"):  # overhead / slide images: no canonical orientation
         return [v2.RandomHorizontalFlip(), v2.RandomVerticalFlip(), RandomRot90()]
     if preset == "medical":  # left/right often carries meaning (situs): no flips by default
         return []
     return [v2.RandomHorizontalFlip()]
+
+
+class RandomSolarize(nn.Module):
+    """Solarise with probability p at half the range (128 for uint8, 0.5 for float)."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        if float(torch.rand(())) >= self.p:
+            return x
+        return v2.functional.solarize(x, 128 if x.dtype == torch.uint8 else 0.5)
 
 
 class RandomRot90(nn.Module):
@@ -48,14 +150,16 @@ def _blur(size: int, p: float) -> list[nn.Module]:
 
 
 def _to_float(mean: Sequence[float], std: Sequence[float]) -> list[nn.Module]:
+    # ToDtype scales uint8 to [0, 1] and leaves float32 as it is
     return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
 
 
 class MultiCropTransform:
     """DINO multi-crop (Caron et al. 2021, Sec. 3.1): 2 global views and ``n_local`` local views.
 
-    Input: a uint8 image tensor (C, H, W). Output: ``{"global": [2 x (C, G, G)], "local":
-    [n_local x (C, L, L)]}`` float tensors, normalised with ``mean``/``std``.
+    Input: an image tensor (C, H, W), uint8 or float32, any C. Output:
+    ``{"global": [2 x (C, G, G)], "local": [n_local x (C, L, L)]}`` float tensors, normalised
+    with ``mean``/``std``.
 
     Args:
         global_size: global crop side G (default: ``data.image_size``).
@@ -64,9 +168,11 @@ class MultiCropTransform:
         global_scale: area range of global crops (paper: 0.4-1; raise the lower bound for
             small images such as 64 px tiles).
         local_scale: area range of local crops (paper: 0.05-0.4).
-        preset: ``natural`` (DINO's colour jitter, grayscale, blur, solarise), ``satellite``
-            (flips and 90-degree rotations, intensity jitter only) or ``medical`` (no flips,
-            intensity jitter only).
+        preset: ``natural`` (DINO's colour jitter, grayscale, blur, solarise on RGB),
+            ``satellite`` (flips, 90-degree rotations, brightness/contrast with one factor for
+            all bands: no hue or colour jitter), ``medical`` (no flips, intensity windowing
+            jitter, no colour ops) or ``microscopy`` (flips, 90-degree rotations, H&E stain
+            jitter on RGB, per-band intensity jitter otherwise).
         color_strength: multiplies the colour/intensity jitter (0 turns it off).
         blur_p: probability of Gaussian blur on the first global view (the second gets 0.1,
             locals 0.5, as in the paper, scaled by blur_p).
@@ -104,7 +210,7 @@ class MultiCropTransform:
         colour = _photometric(preset, channels, color_strength)
         norm = _to_float(mean, std)
         solarize = (
-            [v2.RandomSolarize(threshold=128, p=solarize_p)]
+            [RandomSolarize(p=solarize_p)]
             if preset == "natural" and channels == 3 and solarize_p > 0
             else []
         )
@@ -131,8 +237,8 @@ class MultiCropTransform:
 class EvalTransform:
     """Deterministic preprocessing for features: resize the short side, centre-crop, normalise.
 
-    uint8 (C, H, W) -> float (C, size, size). The same steps are written into the export's
-    ``config.json`` (crop_pct 1.0) so that timm's data config reproduces them.
+    (C, H, W) uint8 or float32 -> float (C, size, size). The same steps are written into the
+    export's ``config.json`` (crop_pct 1.0) so that timm's data config reproduces them.
     """
 
     def __init__(self, size: int, mean: Sequence[float], std: Sequence[float]) -> None:

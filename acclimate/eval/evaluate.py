@@ -38,6 +38,10 @@ class EvalSettings:
         before_after: measure the starting backbone and the adapted one with the same protocol
             at the end of training (the evidence that adaptation helped).
         batch_size, num_workers: feature-extraction loader.
+        pictures: log pictures to TensorBoard with the kNN monitor: CLS attention maps and the
+            PCA of patch features as RGB (ViTs; the feature-map PCA for CNNs) of ``n_pictures``
+            fixed held-out images, and the embedding projector of ``projector_images`` labelled
+            ones. Turn off to save a little time per evaluation.
     """
 
     data: str | None = None
@@ -52,6 +56,9 @@ class EvalSettings:
     before_after: bool = True
     batch_size: int = 128
     num_workers: int = 2
+    pictures: bool = True
+    n_pictures: int = 4
+    projector_images: int = 256
 
     def __post_init__(self) -> None:
         if self.knn_k < 1:

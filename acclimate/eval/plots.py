@@ -44,9 +44,7 @@ def accuracy_bars(scores: Mapping[str, Mapping[str, float]], path: str | Path) -
     return _save(fig, Path(path))
 
 
-def fewshot_curves(
-    curves: Mapping[str, Mapping[str, Mapping[str, Any]]], path: str | Path
-) -> Path:
+def fewshot_curves(curves: Mapping[str, Mapping[str, Mapping[str, Any]]], path: str | Path) -> Path:
     """``curves[model][shots] = {"mean": ..., "std": ...}``: mean top-1 with a +-std band."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.6))

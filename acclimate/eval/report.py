@@ -64,6 +64,13 @@ class ReportSettings:
     retrieval_ks: Sequence[int] = (1, 5, 10)
     map_points: int = 2000
 
+    def __post_init__(self) -> None:
+        for name in ("knn_ks", "weight_decays", "shots", "seeds", "retrieval_ks"):
+            if len(getattr(self, name)) == 0:
+                raise ValueError(f"{name} must not be empty")
+        if min(self.knn_ks) < 1 or min(self.shots) < 1 or min(self.retrieval_ks) < 1:
+            raise ValueError("knn_ks, shots and retrieval_ks must be positive")
+
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
@@ -183,8 +190,7 @@ def _blocks(results: dict[str, Any], figures: dict[str, str]) -> list[Block]:
     models: dict[str, dict[str, Any]] = results["models"]
     labels = _labels(list(models))
     ref_spec = next(iter(models))
-    ref = models[ref_spec]
-    first = ref
+    ref = first = models[ref_spec]
     ks = list(first["knn"])
     blocks: list[Block] = [
         ("h1", "acclimate evaluation report"),
@@ -198,8 +204,14 @@ def _blocks(results: dict[str, Any], figures: dict[str, str]) -> list[Block]:
         ("h2", "Summary"),
         (
             "table",
-            ["model", *[f"kNN k={k}" for k in ks], "linear top-1", "Δ linear", "macro-F1",
-             "balanced acc."],
+            [
+                "model",
+                *[f"kNN k={k}" for k in ks],
+                "linear top-1",
+                "Δ linear",
+                "macro-F1",
+                "balanced acc.",
+            ],
             [
                 [
                     labels[s],
@@ -212,9 +224,11 @@ def _blocks(results: dict[str, Any], figures: dict[str, str]) -> list[Block]:
                 for s, m in models.items()
             ],
         ),
-        ("p", "Model descriptions: " + "; ".join(
-            f"`{labels[s]}` = {m.get('description', s)}" for s, m in models.items()
-        )),
+        (
+            "p",
+            "Model descriptions: "
+            + "; ".join(f"`{labels[s]}` = {m.get('description', s)}" for s, m in models.items()),
+        ),
         ("h2", "Linear probe: weight decay chosen on a validation split of train"),
         (
             "table",
@@ -292,7 +306,11 @@ def _blocks(results: dict[str, Any], figures: dict[str, str]) -> list[Block]:
             cls = m["classes"]
             blocks.append(("p", f"`{labels[s]}` (rows: true, columns: predicted)"))
             blocks.append(
-                ("table", ["", *cls], [[c, *map(str, r)] for c, r in zip(cls, m["linear"]["confusion"], strict=True)])
+                (
+                    "table",
+                    ["", *cls],
+                    [[c, *map(str, r)] for c, r in zip(cls, m["linear"]["confusion"], strict=True)],
+                )
             )
     plots = [(k, v) for k, v in figures.items() if not k.startswith("confusion_")]
     if plots:
@@ -374,7 +392,9 @@ def _figures(
         figures["few_shot"] = plots.fewshot_curves(curves, out / "fewshot.png").name
     for i, (s, m) in enumerate(models.items()):
         title = f"{labels[s]}: linear probe on test"
-        path = plots.confusion_plot(m["linear"]["confusion"], m["classes"], title, out / f"confusion_{i}.png")
+        path = plots.confusion_plot(
+            m["linear"]["confusion"], m["classes"], title, out / f"confusion_{i}.png"
+        )
         figures[f"confusion_{i}"] = path.name
     for i, s in enumerate(models):
         if s not in embeddings:
@@ -385,7 +405,9 @@ def _figures(
             x, y = x[keep], y[keep]
         pts = pca_project(x, 2).numpy()
         title = f"{labels[s]}: test embeddings, PCA"
-        path = plots.embedding_map(pts, y.numpy(), models[s]["classes"], title, out / f"embedding_{i}.png")
+        path = plots.embedding_map(
+            pts, y.numpy(), models[s]["classes"], title, out / f"embedding_{i}.png"
+        )
         figures[f"embedding_map_{i}"] = path.name
     return figures
 

@@ -15,6 +15,8 @@ from omegaconf import OmegaConf
 from timm.models import save_for_hf
 from torch import nn
 
+from acclimate.adapters.merge import merge_lora
+
 log = logging.getLogger(__name__)
 
 META_FILE = "acclimate.json"
@@ -37,15 +39,20 @@ def export_backbone(
     recipe: dict[str, Any] | None = None,
     metrics: dict[str, Any] | None = None,
     source: str | None = None,
+    bands: list[str] | None = None,
+    statistics: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``backbone`` (a timm model with ``num_classes=0``) as an export folder.
 
     The preprocessing (resize the short side to ``image_size``, centre-crop, normalise with
     ``mean``/``std`` in [0, 1] units) goes into timm's ``pretrained_cfg`` and ``acclimate.json``.
+    ``bands`` (names of the input channels in order) and ``statistics`` (per-channel mean, std,
+    min, max and percentiles of the training data, from ``acclimate.data.stats``) are recorded
+    in ``acclimate.json`` with how the files were read (band selection, window, slice axis).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model = copy.deepcopy(backbone).cpu().eval()
+    model = merge_lora(copy.deepcopy(backbone).cpu().eval())  # plain weights, timm's names
     if any("lora" in k.lower() for k in model.state_dict()):
         raise ValueError("the backbone still holds LoRA tensors; merge adapters before export")
     channels = len(mean)
@@ -73,6 +80,7 @@ def export_backbone(
         else ["pooled", "patch"],
         "source": source,
         "metrics": metrics or {},
+        **_data_metadata(channels, recipe, bands, statistics),
     }
     _write_json(out / META_FILE, meta)
     if recipe is not None:
@@ -80,6 +88,28 @@ def export_backbone(
     write_model_card(out)
     log.info("exported %s to %s", meta["architecture"], out)
     return out
+
+
+def _data_metadata(
+    channels: int,
+    recipe: dict[str, Any] | None,
+    bands: list[str] | None,
+    statistics: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """Band names and order, reader settings and data statistics for ``acclimate.json``."""
+    data = (recipe or {}).get("data") or {}
+    if bands is None and data.get("bands") and all(isinstance(b, str) for b in data["bands"]):
+        bands = list(data["bands"])
+    if bands is not None and len(bands) != channels:
+        raise ValueError(f"{len(bands)} band names for {channels} input channels")
+    reader = {k: data.get(k) for k in ("bands", "band_names", "window", "slice_axis") if k in data}
+    return {
+        "bands": bands,
+        "reader": reader,
+        "statistics": statistics,
+        "value_range": "8-bit images scaled to [0, 1]; other data as acclimate's readers return "
+        "it (uint16 / 65535, DICOM windowed to [0, 1], float as stored)",
+    }
 
 
 def _fmt(x: Any) -> str:
@@ -145,6 +175,7 @@ def write_model_card(out: str | Path) -> Path:
     lines += [
         f"- Input: {meta['channels']} channel(s), {meta['image_size']} px; {meta['preprocessing']}",
         f"- mean {meta['mean']}, std {meta['std']}",
+        *([f"- Bands, in input order: {', '.join(meta['bands'])}"] if meta.get("bands") else []),
         "",
     ]
     m = meta.get("metrics") or {}

@@ -137,6 +137,7 @@ def resolve_model(
     For a timm name the preprocessing is the weights' own (``pretrained_cfg``, usually ImageNet
     statistics) at ``image_size`` (default 224).
     """
+    from acclimate.adapters import AdapterSettings, load_adapted_backbone
     from acclimate.backbones import create_backbone
 
     p = Path(spec)
@@ -150,7 +151,10 @@ def resolve_model(
     if p.is_file() and p.suffix == ".ckpt":
         meta = checkpoint_metadata(p)
         b = meta["recipe"]["backbone"]
-        model = create_backbone(b["name"], weights=str(p), in_chans=b["in_chans"], prefer=which)
+        if AdapterSettings(**meta["recipe"].get("adapter") or {}).active:
+            model = load_adapted_backbone(p, prefer=which)  # base + adapter, LoRA merged
+        else:
+            model = create_backbone(b["name"], weights=str(p), in_chans=b["in_chans"], prefer=which)
         return ResolvedModel(
             model,
             meta["mean"],

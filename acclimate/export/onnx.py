@@ -52,7 +52,7 @@ def export_onnx(
     ``acclimate.json`` under ``onnx``.
     """
     path = Path(path)
-    wrapped = PooledFeatures(_fixed_size_copy(model, image_size))
+    wrapped = PooledFeatures(_fixed_size_copy(model, image_size)).eval()
     x = torch.randn(2, channels, image_size, image_size)
     n_bytes = sum(p.numel() * p.element_size() for p in wrapped.parameters())
     with torch.no_grad():
@@ -94,3 +94,45 @@ def onnx_max_abs_diff(model: nn.Module, path: str | Path, images: Tensor) -> flo
     m = _fixed_size_copy(model, images.shape[-1])
     expected = features_of(m, images.float(), "pooled")
     return float((onnx_features(path, images) - expected).abs().max())
+
+
+def add_onnx(export_dir: str | Path, check: bool = True, tolerance: float = 1e-4) -> dict[str, Any]:
+    """Write ``model.onnx`` into an export folder (from the folder's own weights), check it
+    against PyTorch with onnxruntime on a random batch, record it in ``acclimate.json`` under
+    ``onnx`` and re-render the model card."""
+    import json
+
+    from acclimate.export.artifact import META_FILE, write_model_card
+    from acclimate.export.load import load
+
+    out = Path(export_dir)
+    ex = load(out)
+    try:
+        info = export_onnx(ex.model, out / "model.onnx", ex.channels, ex.image_size)
+    except ImportError as e:
+        raise ImportError(
+            f"ONNX export needs onnx and onnxscript ({e}); pip install 'acclimate[onnx]'"
+        ) from e
+    info["preprocessing"] = ex.meta.get("preprocessing")
+    info["mean"], info["std"] = ex.mean, ex.std
+    if check:
+        try:
+            x = torch.randn(3, ex.channels, ex.image_size, ex.image_size)
+            info["max_abs_diff"] = onnx_max_abs_diff(ex.model, out / "model.onnx", x)
+        except ImportError:
+            log.warning("onnxruntime is not installed: model.onnx was not checked")
+        else:
+            if info["max_abs_diff"] > tolerance:
+                log.warning(
+                    "model.onnx differs from PyTorch by up to %.2e (tolerance %.0e)",
+                    info["max_abs_diff"],
+                    tolerance,
+                )
+    meta_file = out / META_FILE
+    meta = json.loads(meta_file.read_text())
+    meta["onnx"] = info
+    tmp = meta_file.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(meta, indent=2) + "\n")
+    tmp.replace(meta_file)
+    write_model_card(out)
+    return info

@@ -72,7 +72,7 @@ class Distill(TwoViewModule):
         self.save_hyperparameters(ignore=["backbone", "optim"])
         self.hparams["optim"] = self.optim.to_dict()
         teacher = create_backbone(teacher_name, teacher_weights, in_chans=input_channels(backbone))
-        self.teacher = teacher.eval().requires_grad_(False)
+        self.teacher = teacher.requires_grad_(False)  # eval mode is set at every use
         d_s, d_t = feature_dim(backbone), feature_dim(self.teacher)
         if d_s != d_t or projection == "linear":
             self.projection: nn.Module = nn.Linear(d_s, d_t)

@@ -3,6 +3,8 @@ continued from a pretrained ViT encoder."""
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 from torch import Tensor, nn
 
@@ -77,15 +79,17 @@ class MAE(SSLModule):
     def head_modules(self) -> list[nn.Module]:
         return [self.decoder]
 
-    def forward_loss(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """images (B, C, H, W) -> (loss, pred (B, N, p * p * C), mask (B, N) True = masked)."""
+    def forward_loss(self, images: Tensor, frozen: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+        """images (B, C, H, W) -> (loss, pred (B, N, p * p * C), mask (B, N) True = masked).
+
+        ``frozen`` runs the encoder without gradient (the head warm-up)."""
         vit = self.backbone
         grid = patch_grid(vit, images.shape[-2:])
         n_prefix = vit.num_prefix_tokens
         keep, mask = random_masking(
             images.shape[0], grid[0] * grid[1], self.hparams.mask_ratio, images.device
         )
-        with self.maybe_frozen():
+        with torch.no_grad() if frozen else nullcontext():
             tokens = embed_tokens(vit, images)
             visible = tokens[:, n_prefix:].gather(
                 1, keep.unsqueeze(-1).expand(-1, -1, tokens.shape[-1])
@@ -97,7 +101,7 @@ class MAE(SSLModule):
 
     def training_step(self, batch: tuple[dict, Tensor], batch_idx: int) -> Tensor:
         views, _ = batch
-        loss, _, _ = self.forward_loss(views["global"][0])
+        loss, _, _ = self.forward_loss(views["global"][0], self.backbone_frozen)
         self.log(
             "train/loss",
             loss,

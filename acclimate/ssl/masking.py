@@ -72,7 +72,8 @@ def block_masks(
 
     ``int(n_images * mask_prob)`` images get a block mask, the others none. The masked images'
     ratios are stratified over ``mask_ratio``: the i-th of M is drawn uniformly from the i-th of
-    M equal sub-ranges, so every batch spans the range. Which images are masked is random.
+    M equal sub-ranges, so every batch spans the range; a masked image has
+    ``max(int(N * ratio), 1)`` masked patches. Which images are masked is random.
 
     Returns:
         (n_images, h * w) bool, True = masked.
@@ -90,8 +91,9 @@ def block_masks(
     for i in range(n_masked_images):
         u = torch.rand((), generator=generator).item()
         ratio = edges[i] + (edges[i + 1] - edges[i]) * u
+        n_masked = max(int(n * ratio), 1)  # a masked crop has at least one masked patch
         masks[order[i]] = block_mask(
-            grid, int(n * ratio), max_block=max(n // 2, 1), generator=generator
+            grid, n_masked, max_block=max(n // 2, 1), generator=generator
         ).flatten()
     return masks
 

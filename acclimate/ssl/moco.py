@@ -62,7 +62,9 @@ class MoCoV3(MomentumModule):
             last_bn=True,
             sync_bn=sync_bn_in_head,
         )
-        self.predictor = MLPHead(dim, hidden_dim, dim, n_layers=pred_layers, sync_bn=sync_bn_in_head)
+        self.predictor = MLPHead(
+            dim, hidden_dim, dim, n_layers=pred_layers, sync_bn=sync_bn_in_head
+        )
         self.teacher_backbone = copy.deepcopy(backbone).requires_grad_(False)
         self.teacher_projector = copy.deepcopy(self.projector).requires_grad_(False)
         self.criterion = MoCoV3Loss(temperature)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from acclimate.ssl.losses.ntxent_loss import fp32
+
 
 class BYOLLoss(nn.Module):
     """``||p/|p| - z/|z| ||^2 = 2 - 2 cos(p, z)``, symmetrised over the two views and averaged over
@@ -16,7 +18,7 @@ class BYOLLoss(nn.Module):
 
     def pair(self, p: Tensor, z: Tensor) -> Tensor:
         """p: (B, D) online prediction, z: (B, D) target projection -> scalar."""
-        return (2 - 2 * F.cosine_similarity(p.float(), z.detach().float(), dim=-1)).mean()
+        return (2 - 2 * F.cosine_similarity(fp32(p), fp32(z.detach()), dim=-1)).mean()
 
     def forward(self, p1: Tensor, p2: Tensor, z1: Tensor, z2: Tensor) -> Tensor:
         """p1, p2: predictions of views 1, 2; z1, z2: target projections of views 1, 2."""

@@ -7,6 +7,8 @@ from typing import Literal
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from acclimate.ssl.losses.ntxent_loss import fp32
+
 
 class EmbeddingDistillLoss(nn.Module):
     """Distance between L2-normalised student and teacher embeddings, averaged over the batch.
@@ -30,8 +32,8 @@ class EmbeddingDistillLoss(nn.Module):
 
     def forward(self, student: Tensor, teacher: Tensor) -> Tensor:
         """student: (B, D) projected student embeddings; teacher: (B, D) -> scalar loss."""
-        s = F.normalize(student.float(), dim=-1)
-        t = F.normalize(teacher.detach().float(), dim=-1)
+        s = F.normalize(fp32(student), dim=-1)
+        t = F.normalize(fp32(teacher.detach()), dim=-1)
         if self.kind == "cosine":
             return (1 - (s * t).sum(-1)).mean()
         return F.smooth_l1_loss(s, t, beta=self.beta, reduction="none").sum(-1).mean()

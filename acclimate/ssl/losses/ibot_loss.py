@@ -36,7 +36,9 @@ class IBOTLoss(nn.Module):
         Returns:
             scalar loss.
         """
-        per_patch = -(teacher_probs.detach() * F.log_softmax(student_logits / self.student_temp, -1))
+        per_patch = -(
+            teacher_probs.detach() * F.log_softmax(student_logits / self.student_temp, -1)
+        )
         per_patch = per_patch.sum(dim=-1)  # (M,)
         n_per_image = masks.sum(dim=1, keepdim=True).clamp(min=1).to(per_patch.dtype)
         weights = (1.0 / n_per_image).expand_as(masks)[masks]  # (M,)

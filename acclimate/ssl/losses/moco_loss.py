@@ -8,15 +8,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from acclimate.ssl.distributed import gather_with_grad, world_and_rank
-from acclimate.ssl.losses.ntxent_loss import info_nce
+from acclimate.ssl.losses.ntxent_loss import fp32, info_nce
 
 
 class MoCoV3Loss(nn.Module):
-    """``ctr(q, k) = 2 tau * CE(q k^T / tau, positives)``, symmetrised: ``ctr(q1, k2) + ctr(q2, k1)``.
+    """``ctr(q, k) = 2 tau * CE(q k^T / tau, positives)``, symmetrised:
+    ``L = ctr(q1, k2) + ctr(q2, k1)``.
 
     The keys come from the momentum encoder (no gradient); under DDP they are gathered from every
     rank, so the negatives are the whole global batch (the paper's ``concat_all_gather``). The
-    ``2 tau`` factor makes the gradient scale independent of the temperature, as in the paper's code.
+    ``2 tau`` factor makes the gradient scale independent of tau, as in the paper's code.
 
     Args:
         temperature: tau (paper: 0.2 for ViT, 1.0 for ResNet).
@@ -30,7 +31,7 @@ class MoCoV3Loss(nn.Module):
 
     def ctr(self, q: Tensor, k: Tensor) -> Tensor:
         """q: (B, D) queries (predictor output), k: (B, D) keys of the other view -> scalar."""
-        q, k = F.normalize(q.float(), dim=1), F.normalize(k.float(), dim=1)
+        q, k = F.normalize(fp32(q), dim=1), F.normalize(fp32(k.detach()), dim=1)
         _, rank = world_and_rank()
         b = q.shape[0]
         positives = torch.arange(b, device=q.device) + rank * b

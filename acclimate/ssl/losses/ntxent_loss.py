@@ -11,6 +11,11 @@ from torch import Tensor, nn
 from acclimate.ssl.distributed import gather_with_grad, world_and_rank
 
 
+def fp32(x: Tensor) -> Tensor:
+    """At least float32 (bf16/fp16 activations from mixed precision are promoted; fp64 kept)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def info_nce(
     queries: Tensor, keys: Tensor, positives: Tensor, temperature: float, exclude: Tensor | None
 ) -> Tensor:
@@ -49,7 +54,7 @@ class NTXentLoss(nn.Module):
 
     def forward(self, z1: Tensor, z2: Tensor) -> Tensor:
         """z1, z2: (B, D) projections of two views of the same B images -> scalar loss."""
-        z1, z2 = F.normalize(z1.float(), dim=1), F.normalize(z2.float(), dim=1)
+        z1, z2 = F.normalize(fp32(z1), dim=1), F.normalize(fp32(z2), dim=1)
         b = z1.shape[0]
         world, rank = world_and_rank()
         keys = torch.cat([gather_with_grad(z1), gather_with_grad(z2)])  # (2 W B, D)

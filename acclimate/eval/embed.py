@@ -1,0 +1,116 @@
+"""Embeddings on disk and nearest-neighbour search: ``acclimate embed`` writes features
+(``.npy`` or ``.safetensors``) plus a file list, optionally a FAISS index (exact inner product
+on L2-normalised features = cosine similarity); ``acclimate search`` queries it.
+
+Files written for ``FILE`` (e.g. ``emb.npy``): ``emb.files.txt`` (one image per line, in row
+order), and with an index ``emb.faiss`` + ``emb.index.json`` (how the features were made, so
+queries are embedded the same way). FAISS needs ``pip install acclimate[faiss]``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+
+def files_list_path(path: str | Path) -> Path:
+    return Path(path).with_suffix(".files.txt")
+
+
+def index_path(path: str | Path) -> Path:
+    """The FAISS file of features file ``path`` (or ``path`` itself when it is one)."""
+    path = Path(path)
+    return path if path.suffix == ".faiss" else path.with_suffix(".faiss")
+
+
+def save_features(path: str | Path, feats: Tensor, files: list[str]) -> Path:
+    """Write feats (N, D) or (N, T, D) to ``.safetensors`` (key ``features``) or ``.npy`` (by
+    suffix; any other suffix gets ``.npy``) and the file list; returns the features path."""
+    path = Path(path)
+    if path.suffix != ".safetensors" and path.suffix != ".npy":
+        path = path.with_name(path.name + ".npy")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".safetensors":
+        save_file({"features": feats.contiguous()}, str(path))
+    else:
+        np.save(path, feats.numpy())
+    files_list_path(path).write_text("".join(f"{f}\n" for f in files))
+    return path
+
+
+def load_features(path: str | Path) -> Tensor:
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return load_file(str(path))["features"]
+    return torch.from_numpy(np.load(path))
+
+
+def _faiss() -> Any:
+    try:
+        import faiss
+    except ImportError as e:
+        raise ImportError("FAISS indexes need faiss-cpu: pip install 'acclimate[faiss]'") from e
+    return faiss
+
+
+def _normalised(feats: Tensor) -> np.ndarray:
+    if feats.ndim != 2:
+        raise ValueError(
+            f"an index needs one vector per image (N, D); got {tuple(feats.shape)} "
+            "(use --kind pooled or cls)"
+        )
+    return np.ascontiguousarray(F.normalize(feats.float(), dim=1).numpy(), dtype=np.float32)
+
+
+def build_index(feats: Tensor) -> Any:
+    """Exact (flat) inner-product FAISS index of L2-normalised feats (N, D)."""
+    faiss = _faiss()
+    x = _normalised(feats)
+    index = faiss.IndexFlatIP(x.shape[1])
+    index.add(x)
+    return index
+
+
+def write_index(
+    features_path: str | Path, feats: Tensor, files: list[str], info: dict[str, Any]
+) -> Path:
+    """Build and save the index of ``feats`` beside ``features_path``, with ``info`` (model,
+    weights, image size, channels, feature kind) in ``.index.json``."""
+    faiss = _faiss()
+    path = index_path(features_path)
+    faiss.write_index(build_index(feats), str(path))
+    meta = {
+        **info,
+        "n": len(files),
+        "dim": int(feats.shape[1]),
+        "metric": "cosine",
+        "features": Path(features_path).name,
+        "files": files_list_path(features_path).name,
+    }
+    path.with_suffix(".index.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return path
+
+
+def load_index(path: str | Path) -> tuple[Any, list[str], dict[str, Any]]:
+    """(FAISS index, file list, index.json) of an index written by :func:`write_index`."""
+    faiss = _faiss()
+    path = index_path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no FAISS index (build one with acclimate embed --faiss)")
+    meta = json.loads(path.with_suffix(".index.json").read_text())
+    files = (path.parent / meta["files"]).read_text().splitlines()
+    return faiss.read_index(str(path)), files, meta
+
+
+def search(index: Any, queries: Tensor, k: int = 10) -> tuple[Tensor, Tensor]:
+    """queries (M, D) -> cosine similarities (M, k) and gallery row ids (M, k), best first."""
+    k = min(k, index.ntotal)
+    scores, ids = index.search(_normalised(queries), k)
+    return torch.from_numpy(scores), torch.from_numpy(ids).long()

@@ -1,0 +1,225 @@
+"""DINOv2-style continued pretraining (Oquab et al., "DINOv2: Learning Robust Visual Features
+without Supervision", TMLR 2024): DINO on the class token + iBOT on masked patch tokens + KoLeo."""
+
+from __future__ import annotations
+
+import copy
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from acclimate.ssl.center import Center
+from acclimate.ssl.dino import DINO, forward_by_size
+from acclimate.ssl.ema import update_ema
+from acclimate.ssl.heads import DINOHead
+from acclimate.ssl.losses import IBOTLoss, KoLeoLoss
+from acclimate.ssl.masking import block_masks
+from acclimate.ssl.optim import OptimSettings
+from acclimate.ssl.sinkhorn import sinkhorn_knopp
+from acclimate.ssl.tokens import (
+    TOKEN_VIT_HINT,
+    MaskToken,
+    embed_tokens,
+    encode_tokens,
+    patch_grid,
+    pooled,
+    require_token_vit,
+    supports_token_masking,
+)
+
+
+class DINOv2(DINO):
+    """DINO's student/teacher (EMA teacher, multi-crop, centring) plus DINOv2's additions.
+
+    The student's global crops are block-masked (``mask_prob`` of them, ratios spread over
+    ``mask_ratio``): masked patch embeddings are replaced by a learnable mask token before the
+    position embeddings. The iBOT loss asks the student's masked patch tokens to predict the
+    teacher's tokens of the unmasked crop; KoLeo spreads the student's class tokens. Register
+    tokens (``vit_*_reg4_dinov2``) are prefix tokens and never masked. Start from released
+    DINOv2 weights (``backbone.weights``: the official ``.pth`` or timm's); position embeddings
+    are kept and resampled to the crop size.
+
+    Args:
+        backbone: a timm ViT (``vision_transformer`` / ``deit`` models).
+        batch_size, optim: as for every method.
+        out_dim ... freeze_last_layer_epochs: as for `DINO` (the DINO head on the class token).
+        ibot_weight: weight of the iBOT masked-patch loss (paper: 1.0).
+        koleo_weight: weight of the KoLeo regulariser (paper: 0.1; 0 disables it).
+        mask_ratio: (min, max) fraction of patches masked in a masked crop (paper: 0.1-0.5).
+        mask_prob: fraction of global crops that are masked (paper: 0.5).
+        ibot_separate_head: a second head for patch tokens (paper: False, the heads are shared).
+        centering: ``centering`` (DINO's running centre) or ``sinkhorn_knopp`` (no state; the
+            paper's choice for its largest runs, steadier on small or imbalanced domains).
+        sinkhorn_iters: Sinkhorn-Knopp rounds (paper: 3).
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        batch_size: int = 64,
+        optim: OptimSettings | None = None,
+        out_dim: int = 65536,
+        hidden_dim: int = 2048,
+        bottleneck_dim: int = 256,
+        head_layers: int = 3,
+        use_bn_in_head: bool = False,
+        norm_last_layer: bool = True,
+        student_temp: float = 0.1,
+        teacher_temp: float = 0.04,
+        warmup_teacher_temp: float = 0.04,
+        warmup_teacher_temp_epochs: float = 0.0,
+        center_momentum: float = 0.9,
+        momentum_teacher: float = 0.996,
+        momentum_teacher_end: float = 1.0,
+        freeze_last_layer_epochs: float = 1.0,
+        ibot_weight: float = 1.0,
+        koleo_weight: float = 0.1,
+        mask_ratio: tuple[float, float] = (0.1, 0.5),
+        mask_prob: float = 0.5,
+        ibot_separate_head: bool = False,
+        centering: Literal["centering", "sinkhorn_knopp"] = "centering",
+        sinkhorn_iters: int = 3,
+    ) -> None:
+        require_token_vit(backbone, "dinov2")
+        if not 0 <= mask_ratio[0] <= mask_ratio[1] <= 1:
+            raise ValueError(f"mask_ratio must satisfy 0 <= min <= max <= 1, got {mask_ratio}")
+        if not 0 <= mask_prob <= 1:
+            raise ValueError(f"mask_prob must be in [0, 1], got {mask_prob}")
+        if ibot_weight < 0 or koleo_weight < 0:
+            raise ValueError("ibot_weight and koleo_weight must be >= 0")
+        super().__init__(
+            backbone,
+            batch_size,
+            optim,
+            out_dim,
+            hidden_dim,
+            bottleneck_dim,
+            head_layers,
+            use_bn_in_head,
+            norm_last_layer,
+            student_temp,
+            teacher_temp,
+            warmup_teacher_temp,
+            warmup_teacher_temp_epochs,
+            center_momentum,
+            momentum_teacher,
+            momentum_teacher_end,
+            freeze_last_layer_epochs,
+        )  # saves every argument above as hyperparameters
+        self.mask_token = MaskToken(backbone.embed_dim)
+        self.ibot_head: DINOHead | None = None
+        if ibot_separate_head:
+            self.ibot_head = copy.deepcopy(self.head)
+            for m in self.ibot_head.mlp.modules():  # its own initialisation
+                if isinstance(m, nn.Linear):
+                    nn.init.trunc_normal_(m.weight, std=0.02)
+            self.teacher_ibot_head = copy.deepcopy(self.ibot_head).requires_grad_(False)
+        self.ibot_center = Center(out_dim, center_momentum)
+        self.ibot_criterion = IBOTLoss(student_temp)
+        self.koleo = KoLeoLoss()
+
+    @classmethod
+    def check_backbone(cls, name: str) -> str | None:
+        if supports_token_masking(name):
+            return None
+        return f"dinov2 (iBOT) needs {TOKEN_VIT_HINT}; '{name}' is not one (no patch tokens)"
+
+    def head_modules(self) -> list[nn.Module]:
+        extra = [self.ibot_head] if self.ibot_head is not None else []
+        return [self.head, *extra, self.mask_token]
+
+    def _patch_heads(self) -> tuple[nn.Module, nn.Module]:
+        if self.ibot_head is None:
+            return self.head, self.teacher_head
+        return self.ibot_head, self.teacher_ibot_head
+
+    def _targets(self, logits: Tensor, center: Center, temp: float) -> Tensor:
+        """Teacher logits (N, K) -> centred, sharpened probabilities (N, K)."""
+        if self.hparams.centering == "sinkhorn_knopp":
+            return sinkhorn_knopp(logits, temp, self.hparams.sinkhorn_iters)
+        return torch.softmax((logits.float() - center()) / temp, dim=-1)
+
+    def training_step(self, batch: tuple[dict, Tensor], batch_idx: int) -> Tensor:
+        h = self.hparams
+        views, _ = batch  # labels, if any, are not used
+        globals_, locals_ = list(views["global"]), list(views.get("local", []))
+        if any(v.shape != globals_[0].shape for v in globals_):
+            raise ValueError("dinov2 needs global crops of one size")
+        images = torch.cat(globals_)  # (G * B, C, H, W)
+        vit, teacher = self.backbone, self.teacher_backbone
+        n_prefix = vit.num_prefix_tokens
+        masks = block_masks(
+            images.shape[0], patch_grid(vit, images.shape[-2:]), tuple(h.mask_ratio), h.mask_prob
+        )  # (G * B, N); the same number of masked crops on every rank
+        use_ibot = h.ibot_weight > 0 and bool(masks.any())
+        masks = masks.to(images.device)
+        patch_head, teacher_patch_head = self._patch_heads()
+
+        with torch.no_grad():
+            for net in (teacher, self.teacher_head, teacher_patch_head):
+                net.eval()
+            t_tokens = encode_tokens(teacher, embed_tokens(teacher, images))
+            t_cls = self.teacher_head(pooled(teacher, t_tokens)).float()
+            t_patch = teacher_patch_head(t_tokens[:, n_prefix:][masks]).float()
+        with self.maybe_frozen():
+            tokens = encode_tokens(vit, embed_tokens(vit, images, masks, self.mask_token()))
+            s_global = pooled(vit, tokens)
+            feats = [s_global, forward_by_size(vit, locals_)] if locals_ else [s_global]
+        s_cls = self.head(torch.cat(feats)).float()
+
+        temp = self.teacher_temperature()
+        n_views = len(globals_) + len(locals_)
+        if h.centering == "sinkhorn_knopp":  # DINOLoss takes logits: softmax(log p / 1) = p
+            t_log = sinkhorn_knopp(t_cls, temp, h.sinkhorn_iters).clamp(min=1e-30).log()
+            zero = torch.zeros_like(self.center())
+            dino = self.criterion(
+                list(s_cls.chunk(n_views)), list(t_log.chunk(len(globals_))), zero, 1.0
+            )
+        else:
+            dino = self.criterion(
+                list(s_cls.chunk(n_views)), list(t_cls.chunk(len(globals_))), self.center(), temp
+            )
+            self.center.update(t_cls)
+        loss, parts = dino, {"dinov2/dino": dino.detach()}
+        if use_ibot:
+            s_patch = patch_head(tokens[:, n_prefix:][masks]).float()
+            ibot = self.ibot_criterion(
+                s_patch, self._targets(t_patch, self.ibot_center, temp), masks
+            )
+            if h.centering == "centering":
+                self.ibot_center.update(t_patch)
+            loss = loss + h.ibot_weight * ibot
+            parts["dinov2/ibot"] = ibot.detach()
+        if h.koleo_weight > 0:
+            koleo = sum(self.koleo(c) for c in s_global.chunk(len(globals_)))
+            loss = loss + h.koleo_weight * koleo
+            parts["dinov2/koleo"] = koleo.detach()
+
+        parts |= {"dino/teacher_temp": temp, "dino/momentum": self.teacher_momentum()}
+        self.log_dict(parts, on_step=True, on_epoch=False, batch_size=self.batch_size)
+        self.log(
+            "train/loss",
+            loss,
+            prog_bar=True,
+            on_step=True,
+            on_epoch=True,
+            batch_size=self.batch_size,
+            sync_dist=True,
+        )
+        return loss
+
+    def on_after_backward(self) -> None:
+        super().on_after_backward()
+        if (
+            self.ibot_head is not None
+            and self.epoch_progress < self.hparams.freeze_last_layer_epochs
+        ):
+            for p in self.ibot_head.last_layer.parameters():
+                p.grad = None
+
+    def optimizer_step(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003 - Lightning's hook
+        m = self.teacher_momentum()
+        super().optimizer_step(*args, **kwargs)
+        if self.ibot_head is not None:
+            update_ema(self.teacher_ibot_head, self.ibot_head, m)

@@ -1,0 +1,109 @@
+"""Distillation: the loss against its formula, the teacher (any backbone or an acclimate export,
+resized input, kept out of checkpoints), and a run from the real recipe through the real CLI."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from test_contrastive import tiny_overrides, train_export_check
+from torch import Tensor, nn
+
+from acclimate.backbones import create_backbone
+from acclimate.cli import main
+from acclimate.export import export_backbone
+from acclimate.ssl import METHODS, Distill, OptimSettings
+from acclimate.ssl.distill import input_channels
+from acclimate.ssl.losses import EmbeddingDistillLoss
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec:FutureWarning")
+
+NO_WARMUP = OptimSettings(freeze_backbone_epochs=0)
+
+
+def reference_smooth_l1(s: Tensor, t: Tensor, beta: float) -> Tensor:
+    """Huber on unit vectors: 0.5 d^2 / beta if |d| < beta else |d| - 0.5 beta, summed over D."""
+    d = (s / s.norm(dim=1, keepdim=True) - t / t.norm(dim=1, keepdim=True)).abs()
+    per = torch.where(d < beta, 0.5 * d**2 / beta, d - 0.5 * beta)
+    return per.sum(1).mean()
+
+
+def test_distill_loss_equals_reference() -> None:
+    g = torch.Generator().manual_seed(0)
+    s, t = (torch.randn(6, 5, generator=g, dtype=torch.float64) for _ in range(2))
+    cosine = EmbeddingDistillLoss("cosine")(s, t)
+    torch.testing.assert_close(cosine, (1 - F.cosine_similarity(s, t)).mean())
+    for beta in (0.05, 1.0):
+        smooth = EmbeddingDistillLoss("smooth_l1", beta)(s, t)
+        torch.testing.assert_close(smooth, reference_smooth_l1(s, t, beta))
+    assert EmbeddingDistillLoss()(s, 3 * s).item() == pytest.approx(0.0, abs=1e-12)  # scale-free
+    with pytest.raises(ValueError, match="cosine"):
+        EmbeddingDistillLoss("l2")  # type: ignore[arg-type]
+
+
+def test_teacher_is_frozen_and_projection_matches_widths() -> None:
+    module = Distill(create_backbone("test_vit"), 4, NO_WARMUP, "test_resnet", None)
+    assert METHODS["distill"] is Distill
+    assert not any(p.requires_grad for p in module.teacher.parameters())
+    assert isinstance(module.projection, nn.Linear)
+    assert (module.projection.in_features, module.projection.out_features) == (64, 96)
+    optimised = {id(p) for g in module.configure_optimizers().param_groups for p in g["params"]}
+    assert not any(id(p) in optimised for p in module.teacher.parameters())
+
+    same = Distill(create_backbone("test_vit"), 4, NO_WARMUP, "test_vit", None)
+    assert isinstance(same.projection, nn.Identity)
+    forced = Distill(create_backbone("test_vit"), 4, None, "test_vit", None, projection="linear")
+    assert isinstance(forced.projection, nn.Linear)
+    with pytest.raises(ValueError, match="freeze_backbone_epochs"):
+        Distill(create_backbone("test_vit"), 4, OptimSettings(), "test_vit", None)
+
+
+def test_teacher_in_chans_follows_the_student() -> None:
+    student = create_backbone("test_resnet", in_chans=1)
+    assert input_channels(student) == 1
+    module = Distill(student, 4, NO_WARMUP, "test_vit", None)
+    assert input_channels(module.teacher) == 1
+
+
+def test_teacher_sees_the_views_resized() -> None:
+    module = Distill(create_backbone("test_vit"), 4, NO_WARMUP, "test_resnet", None, 48)
+    seen: list[tuple[int, ...]] = []
+    module.teacher.register_forward_pre_hook(lambda m, args: seen.append(tuple(args[0].shape)))
+    out = module.teacher_embed(torch.randn(3, 3, 32, 32))
+    assert seen == [(3, 3, 48, 48)] and out.shape == (3, 96) and not out.requires_grad
+
+
+def test_teacher_from_an_export_folder(tmp_path) -> None:
+    torch.manual_seed(3)
+    big = create_backbone("test_resnet")
+    folder = export_backbone(
+        big, tmp_path / "teacher", mean=[0.5] * 3, std=[0.2] * 3, image_size=32
+    )
+    module = Distill(create_backbone("test_vit"), 4, NO_WARMUP, "test_resnet", str(folder))
+    for k, v in big.state_dict().items():
+        assert torch.equal(module.teacher.state_dict()[k], v), k
+
+
+def test_distill_from_recipe_exports_a_plain_student(tmp_path, tiny_dataset) -> None:
+    torch.manual_seed(4)
+    teacher = export_backbone(
+        create_backbone("test_resnet"),
+        tmp_path / "teacher",
+        mean=[0.5] * 3,
+        std=[0.25] * 3,
+        image_size=32,
+    )
+    overrides = tiny_overrides(tmp_path, tiny_dataset) + [
+        "method.teacher_name=test_resnet",
+        f"method.teacher_weights={teacher}",
+        "method.teacher_image_size=48",
+        "method.loss=smooth_l1",
+    ]
+    train_export_check(tmp_path, "distill.yaml", overrides, "test_vit")
+    run = tmp_path / "run"
+    saved = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert not any(k.startswith("teacher.") for k in saved["state_dict"])  # rebuilt on resume
+    assert any(k.startswith("projection.") for k in saved["state_dict"])
+    assert main(["train", "--resume", str(run), "trainer.max_epochs=2"]) == 0
+    resumed = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert resumed["global_step"] == 2 * saved["global_step"]
