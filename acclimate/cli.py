@@ -12,16 +12,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from acclimate.errors import AcclimateError
+from acclimate.fileio import write_json_atomic
+
 log = logging.getLogger("acclimate")
 
 EPILOG = "Run `acclimate COMMAND --help` for a command's options."
 
 
-def _save_json(path: Path, obj: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    tmp.replace(path)
+_save_json = write_json_atomic
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -93,7 +92,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
         max_train_images=args.max_images,
         max_test_images=args.max_images,
     )
-    train_src, test_src = labelled_splits(args.data, ex.channels, settings)
+    train_src, test_src = labelled_splits(args.data, ex.channels, settings, ex.options)
     feats = [
         extract_features(
             ex.model,
@@ -161,7 +160,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             spec, weights=args.weights, image_size=args.image_size, in_chans=args.channels
         )
         tf = EvalTransform(r.image_size, r.mean, r.std)
-        sources = labelled_splits(args.data, len(r.mean), settings)
+        sources = labelled_splits(args.data, len(r.mean), settings, r.options)
         train, test = split_features(
             r.model, sources, tf, settings.batch_size, settings.num_workers
         )
@@ -207,18 +206,21 @@ def _record_evaluation(results: dict[str, Any], report: Path) -> None:
 
 
 def _embed_source(
-    r: Any, images: str, kind: str, batch_size: int, desc: str
+    r: Any, images: str, kind: str, batch_size: int, desc: str, options: Any = None
 ) -> tuple[Any, list[str]]:
-    """Features of every image of a source (progress bar) and their file names."""
+    """Features of the readable images of a source (progress bar) and their file names, row
+    for row; unreadable files are left out (with a warning). ``options`` (ReadOptions) default
+    to the model's own (``r.options``)."""
     from acclimate.data.datamodule import eval_loader
     from acclimate.data.sources import open_source
     from acclimate.data.transforms import EvalTransform
-    from acclimate.eval.features import extract_features
+    from acclimate.eval.features import extract_features_indexed
 
-    src = open_source(images, None, channels=len(r.mean))
+    options = r.options if options is None else options
+    src = open_source(images, None, channels=len(r.mean), options=options)
     loader = eval_loader(src, EvalTransform(r.image_size, r.mean, r.std), batch_size)
-    feats, _ = extract_features(r.model, loader, kind=kind, progress=True, desc=desc)
-    return feats, [src.describe(i) for i in range(len(src))]
+    feats, _, kept = extract_features_indexed(r.model, loader, kind=kind, progress=True, desc=desc)
+    return feats, [src.describe(i) for i in kept.tolist()]
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
@@ -245,6 +247,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
                 "image_size": r.image_size,
                 "channels": len(r.mean),
                 "kind": args.kind,
+                "reader": r.options.to_dict(),
             }
             index = write_index(out, feats, files, info)
         except ImportError as e:
@@ -267,7 +270,12 @@ def cmd_search(args: argparse.Namespace) -> int:
         image_size=meta["image_size"],
         in_chans=meta["channels"],
     )
-    queries, names = _embed_source(r, args.queries, meta["kind"], args.batch_size, "queries")
+    from acclimate.data.readers import ReadOptions
+
+    options = ReadOptions.from_dict(meta["reader"]) if "reader" in meta else None
+    queries, names = _embed_source(
+        r, args.queries, meta["kind"], args.batch_size, "queries", options
+    )
     scores, ids = search(index, queries, args.k)
     result = {
         "index": str(args.index),
@@ -514,10 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-USER_ERRORS = ("ConfigError", "DataError", "BackboneError", "UsageError")
-
-
-class UsageError(ValueError):
+class UsageError(AcclimateError):
     """A command-line mistake, reported in one line."""
 
 
@@ -531,9 +536,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.filterwarnings("ignore", ".*Checkpoint directory .* exists and is not empty.*")
     try:
         return args.fn(args)
-    except (ValueError, FileNotFoundError) as e:
-        user_error = type(e).__name__ in USER_ERRORS or isinstance(e, FileNotFoundError)
-        if os.environ.get("ACCLIMATE_DEBUG") or not user_error:
+    except (AcclimateError, FileNotFoundError) as e:
+        if os.environ.get("ACCLIMATE_DEBUG"):
             raise
         print(f"acclimate {args.command}: error: {e}", file=sys.stderr)
         return 2

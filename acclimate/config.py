@@ -21,11 +21,13 @@ from typing import Any, Literal, Union
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from acclimate.errors import AcclimateError
+
 COMMAND_LINE = "the command line"
 TOP_LEVEL_SCALARS: dict[str, Any] = {"name": str, "seed": int, "run_dir": str | None}
 
 
-class ConfigError(ValueError):
+class ConfigError(AcclimateError):
     """A recipe problem, stated in one line that names the key and the file that set it."""
 
 
@@ -319,9 +321,7 @@ def construct(recipe: Recipe, section: str, fn: Callable[..., Any], **runtime: A
         kwargs.pop("name")
     try:
         return fn(**kwargs, **runtime)
-    except ConfigError:
+    except AcclimateError:
         raise
-    except ValueError as e:
-        if type(e).__name__ in ("BackboneError", "DataError"):
-            raise
+    except ValueError as e:  # a constructor's own value check: name the recipe and section
         raise ConfigError(f"{_where(recipe, section)}: {section}: {e}") from None

@@ -28,8 +28,15 @@ from acclimate.callbacks import AtomicCheckpointIO, KNNMonitor, RunMetadata
 from acclimate.config import ConfigError, Recipe, construct, load_recipe
 from acclimate.data.datamodule import SSLDataModule, describe_normalization
 from acclimate.data.dataset import read_bad_file_log
+from acclimate.data.sources import canonical_split
 from acclimate.data.transforms import EvalTransform, MultiCropTransform
-from acclimate.eval.evaluate import EvalSettings, evaluate_backbone, labelled_splits
+from acclimate.eval.evaluate import (
+    EvalSettings,
+    evaluate_backbone,
+    held_out_split,
+    labelled_splits,
+)
+from acclimate.fileio import write_json_atomic, write_text_atomic
 from acclimate.ssl import METHODS, OptimSettings
 
 log = logging.getLogger(__name__)
@@ -146,7 +153,20 @@ def _log_to_file(run_dir: Path) -> logging.Handler:
     return handler
 
 
-def _eval_sources(recipe: Recipe, dm: SSLDataModule) -> tuple[Any, Any] | None:
+TEST_SEEN_WARNING = (
+    "the evaluation test images are part of the training source: self-supervised training saw "
+    "them (without labels), so the held-out accuracies are optimistic; give the source a "
+    "train/test split (data.train_split: auto) or a separate eval.data to hold them out"
+)
+
+
+def _same_source(a: str, b: str) -> bool:
+    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+
+
+def _eval_sources(recipe: Recipe, dm: SSLDataModule) -> tuple[tuple[Any, Any] | None, bool]:
+    """(train, test) evaluation sources read like the training images (``dm.options``), or None
+    without labelled data; and whether the test images are among the training images."""
     settings = EvalSettings(**recipe.section("eval"))
     spec = settings.data
     if spec is None:
@@ -154,15 +174,19 @@ def _eval_sources(recipe: Recipe, dm: SSLDataModule) -> tuple[Any, Any] | None:
             log.warning(
                 "no labelled data for evaluation (eval.data): no kNN monitor, no before/after"
             )
-            return None
+            return None, False
         spec = dm.spec
-    return labelled_splits(spec, dm.channels, settings)
+    sources = labelled_splits(spec, dm.channels, settings, dm.options)
+    test = held_out_split(spec, settings)
+    seen = _same_source(spec, dm.spec) and (
+        dm.split is None or test is None or canonical_split(dm.split) == test
+    )
+    if seen:
+        log.warning(TEST_SEEN_WARNING)
+    return sources, seen
 
 
-def _save_json(path: Path, obj: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    tmp.replace(path)
+_save_json = write_json_atomic
 
 
 def summarize(metrics: dict[str, Any]) -> str:
@@ -208,7 +232,7 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool) -> tuple[Path, dict[str,
     dm.transform = construct(
         recipe, "augment", MultiCropTransform, mean=mean, std=std, channels=dm.channels
     )
-    (run_dir / "recipe.yaml").write_text(recipe.to_yaml())
+    write_text_atomic(run_dir / "recipe.yaml", recipe.to_yaml())
 
     optim = construct(recipe, "optim", OptimSettings)
     start = copy.deepcopy(backbone).eval()
@@ -227,7 +251,7 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool) -> tuple[Path, dict[str,
     )
 
     eval_settings = EvalSettings(**recipe.section("eval"))
-    sources = _eval_sources(recipe, dm)
+    sources, test_images_seen = _eval_sources(recipe, dm)
     eval_tf = EvalTransform(dm.image_size, mean, std)
     callbacks: list[pl.Callback] = [
         RunMetadata(
@@ -238,6 +262,7 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool) -> tuple[Path, dict[str,
                 "image_size": dm.image_size,
                 "channels": dm.channels,
                 "bands": dm.band_names,  # names in input order, for the export
+                "reader": dm.options.to_dict(),  # how files are read (bands, window, slices)
                 "statistics": dm.stats or (dm.statistics() if dm.stats_file else None),
             }
         )
@@ -270,6 +295,10 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool) -> tuple[Path, dict[str,
 
     metrics_path = run_dir / "metrics.json"
     metrics: dict[str, Any] = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+    if sources is not None and trainer.is_global_zero:
+        metrics["test_images_seen_in_pretraining"] = test_images_seen  # saved with the results
+        if test_images_seen:
+            _save_json(metrics_path, metrics)
     do_eval = sources is not None and eval_settings.before_after and trainer.is_global_zero
     if do_eval and "before" not in metrics:
         log.info("measuring the starting backbone (frozen features, kNN + linear probe)")

@@ -36,7 +36,7 @@ from acclimate.adapters import (
 from acclimate.backbones import create_backbone
 from acclimate.cli import main
 from acclimate.config import ConfigError, load_recipe
-from acclimate.ssl import DINO, OptimSettings
+from acclimate.ssl import DINO, METHODS, OptimSettings, SSLModule
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec:FutureWarning")
 
@@ -100,15 +100,22 @@ def test_inject_then_merge_gives_plain_timm_model(name: str, targets, n_layers: 
         n_layers = sum(
             isinstance(m, nn.Conv2d) and matches(n, targets) for n, m in model.named_modules()
         )
+    for bn in model.modules():  # timm zero-inits each residual block's last BN: LoRA unseen
+        if isinstance(bn, nn.BatchNorm2d):
+            nn.init.ones_(bn.weight)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        before = model(x)
     wrapped = inject_lora(model, targets, rank=4, alpha=8.0)
     assert len(wrapped) == n_layers and has_lora(model)
     assert any(".base_layer." in k for k in model.state_dict())
+    with torch.no_grad():  # B = 0 at first: the adapted model computes what the model did
+        torch.testing.assert_close(model(x), before)
     _randomize_lora(model)
-    x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         adapted = model(x)
         merged = merge_lora(copy.deepcopy(model))(x)
-    assert not torch.allclose(adapted, timm.create_model(name, num_classes=0).eval()(x))
+    assert not torch.allclose(adapted, before)
     assert (adapted - merged).abs().max() <= 1e-5
     plain = merge_lora(model)
     assert list(plain.state_dict()) == plain_keys and not has_lora(plain)
@@ -253,7 +260,7 @@ def _dino(name: str, adapter: AdapterSettings, optim: OptimSettings, m: float = 
     )  # fmt: skip
 
 
-def _fit(module: DINO, steps: int) -> None:
+def _fit(module: SSLModule, steps: int) -> None:
     trainer = pl.Trainer(
         accelerator="cpu",
         max_epochs=1,
@@ -289,9 +296,9 @@ def test_dino_trains_only_the_adapter_and_teacher_follows(name: str, adapter) ->
 
     student, teacher = _state(module.backbone), _state(module.teacher_backbone)
     params = dict(module.backbone.named_parameters())
-    for k in frozen:  # frozen base weights: unchanged, in the student and its EMA teacher
+    for k in frozen:  # frozen base weights: bit-identical, in the student and its EMA teacher
         assert torch.equal(student[k], start[k]), k
-        torch.testing.assert_close(teacher[k], start[k], msg=k)
+        assert torch.equal(teacher[k], start[k]), k
     trained = [k for k, p in params.items() if p.requires_grad]
     changed = [k for k in trained if not torch.equal(student[k], start[k])]
     assert any("lora_B" in k for k in changed)
@@ -302,6 +309,42 @@ def test_dino_trains_only_the_adapter_and_teacher_follows(name: str, adapter) ->
     t = module.teacher_backbone.eval()
     with torch.no_grad():
         assert (merge_lora(copy.deepcopy(t))(x) - t(x)).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize(
+    ("method", "targets", "kwargs"),
+    [
+        (
+            "dinov2",
+            ["attn.qkv"],
+            dict(out_dim=32, hidden_dim=32, bottleneck_dim=16, mask_prob=1.0, momentum_teacher=0.9),
+        ),
+        ("mae", ["attn.qkv", "patch_embed.proj"], dict(decoder_dim=16, decoder_depth=1)),
+        ("moco", ["attn.qkv"], dict(hidden_dim=32, dim=16, momentum=0.9)),
+    ],
+)
+def test_one_step_with_lora_and_last_block(method: str, targets: list[str], kwargs) -> None:
+    """LoRA (on the patch embedding too, for MAE) plus the last block: one training step moves
+    the adapter and leaves the frozen base weights bit-identical, in the student and teacher."""
+    torch.manual_seed(0)
+    backbone = create_backbone("test_vit")
+    apply_adapter(
+        backbone, AdapterSettings(lora_rank=4, target_modules=targets, unfreeze_last_blocks=1)
+    )
+    frozen = set(getattr(backbone, ADAPTER_ATTR)["frozen"])
+    start = _state(backbone)
+    optim = OptimSettings(lr=0.05, warmup_epochs=0, freeze_backbone_epochs=0)
+    module = METHODS[method](backbone, BATCH, optim, **kwargs)
+    _fit(module, steps=1)
+    after = _state(module.backbone)
+    nets = [after]
+    if hasattr(module, "teacher_backbone"):
+        nets.append(_state(module.teacher_backbone))
+    for net in nets:
+        for k in frozen:
+            assert torch.equal(net[k], start[k]), k
+    for k in ("blocks.0.attn.qkv.lora_B.weight", "blocks.5.mlp.fc1.weight"):
+        assert not torch.equal(after[k], start[k]), k
 
 
 def test_frozen_warmup_composes_with_adapters() -> None:
@@ -398,6 +441,22 @@ def test_small_checkpoint_resume_and_merged_export(
     assert main(["train", "--resume", str(small), "trainer.max_epochs=3"]) == 2
     assert main(["export", str(small), "--out", str(tmp_path / "other")]) == 2
     assert "not the ones it was trained from" in capsys.readouterr().err
+
+
+def test_full_checkpoint_resume_with_adapter(tmp_path: Path, tiny_dataset: Path) -> None:
+    """save_base: true: the checkpoint holds every tensor and resumes as it is."""
+    full = _run(tmp_path, tiny_dataset, True)
+    ckpt = torch.load(full / "checkpoints" / "last.ckpt", weights_only=True)
+    sd = ckpt["state_dict"]
+    base = "backbone.blocks.0.attn.qkv.base_layer.weight"
+    assert base in sd and "teacher_" + base in sd
+    assert main(["train", "--resume", str(full), "trainer.max_epochs=2"]) == 0
+    resumed = torch.load(full / "checkpoints" / "last.ckpt", weights_only=True)
+    assert resumed["global_step"] == 2 * ckpt["global_step"]
+    lora = "backbone.blocks.0.attn.qkv.lora_B.weight"
+    assert not torch.equal(resumed["state_dict"][lora], sd[lora])
+    for k in (base, "teacher_" + base):  # frozen: bit-identical after the resumed epoch
+        assert torch.equal(resumed["state_dict"][k], sd[k]), k
 
 
 def _adapted_teacher(run: Path, base: Path) -> nn.Module:

@@ -90,6 +90,7 @@ def test_train_export_probe_evaluate(tmp_path, tiny_dataset, backbone, capsys):
     assert any((run / "tensorboard").iterdir())
     assert "broken.png" in (run / "bad_files.txt").read_text()
     assert metrics["bad_files"] == 1
+    assert metrics["test_images_seen_in_pretraining"] is False  # trained on train, scored on val
 
     export = tmp_path / "export"
     assert main(["export", str(run), "--out", str(export)]) == 0

@@ -80,6 +80,20 @@ CASES: dict[str, tuple[str, Maker]] = {
             freeze_last_layer_epochs=0,
         ),
     ),
+    "dino_bn_head": (  # the head's BatchNorm over the global batch
+        "dino",
+        lambda bs: METHODS["dino"](
+            _vit(),
+            bs,
+            _optim(),
+            out_dim=32,
+            hidden_dim=32,
+            bottleneck_dim=16,
+            use_bn_in_head=True,
+            momentum_teacher=0.9,
+            freeze_last_layer_epochs=0,
+        ),
+    ),
     "simclr": (
         "simclr",
         lambda bs: METHODS["simclr"](_vit(), bs, _optim(), proj_hidden_dim=32, proj_dim=16),

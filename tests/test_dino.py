@@ -145,6 +145,23 @@ def test_update_ema_parameters_and_buffers() -> None:
     torch.testing.assert_close(teacher[0].weight, 0.75 * before["0.weight"] + 0.25 * s["0.weight"])
 
 
+def test_update_ema_leaves_frozen_parameters_untouched() -> None:
+    """Parameters the student does not train are not averaged (no fp32 drift, no cost); weights
+    that did not move stay bit-identical."""
+    torch.manual_seed(2)
+    teacher = _bn_net()
+    student = copy.deepcopy(teacher)
+    student[0].requires_grad_(False)
+    with torch.no_grad():
+        student[0].weight.add_(1.0)  # a frozen parameter that differs: still not averaged
+    before = copy.deepcopy(teacher.state_dict())
+    for _ in range(1000):
+        update_ema(teacher, student, momentum=0.996)
+    t = teacher.state_dict()
+    assert torch.equal(t["0.weight"], before["0.weight"])
+    assert all(torch.equal(t[k], before[k]) for k in ("0.bias", "3.weight", "3.bias"))
+
+
 def test_update_ema_extreme_momenta() -> None:
     torch.manual_seed(1)
     teacher, student = _bn_net(), _bn_net()

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from torch import Tensor
 
 from acclimate.backbones import create_backbone
+from acclimate.backbones.formats import PRETRAINED_MASK_TOKEN
 from acclimate.cli import main
 from acclimate.config import construct, load_recipe
 from acclimate.ssl import DINOv2, OptimSettings
@@ -209,6 +210,34 @@ def test_dinov2_step_with_registers_and_sinkhorn(monkeypatch: pytest.MonkeyPatch
     assert module.backbone.reg_token.grad.abs().sum() > 0
 
 
+def test_mask_token_trains_during_frozen_warmup(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Head warm-up: no gradient reaches the backbone, but the mask token gets one."""
+    monkeypatch.setattr(DINOv2, "backbone_frozen", property(lambda self: True))  # no trainer
+    torch.manual_seed(0)
+    module = DINOv2(
+        create_backbone("test_vit"),
+        batch_size=4,
+        out_dim=32,
+        hidden_dim=32,
+        bottleneck_dim=16,
+        mask_prob=1.0,
+        optim=OptimSettings(freeze_backbone_epochs=1.0),
+    )
+    module.log = module.log_dict = lambda *a, **k: None
+    module.teacher_temperature = lambda: 0.04
+    module.teacher_momentum = lambda: 0.99
+    views = {
+        "global": [torch.randn(4, 3, 32, 32) for _ in range(2)],
+        "local": [torch.randn(4, 3, 16, 16)],
+    }
+    trainable = [p for p in module.backbone.parameters() if p.requires_grad]
+    loss = module.training_step((views, None), 0)
+    assert all(p.requires_grad for p in trainable)  # restored after the forward
+    loss.backward()
+    assert module.mask_token.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in module.backbone.parameters())
+
+
 # --- through the real CLI -----------------------------------------------------------------------
 
 RECIPE = """
@@ -325,14 +354,16 @@ def test_continuation_from_official_dinov2_checkpoint_keeps_weights(
         for k in want:
             assert torch.equal(got[k], want[k]), k
     assert module.backbone.pos_embed.shape[1] == 1 + 37 * 37  # kept, resampled per crop
+    assert torch.equal(module.mask_token.weight, official["mask_token"])  # released, not zero
+    assert PRETRAINED_MASK_TOKEN not in module.backbone.state_dict()  # stock timm layout
 
     run = tmp_path / "run"
     assert main(["train", str(recipe_path), f"run_dir={run}", "trainer.max_steps=2"]) == 0
     export = tmp_path / "export"
     assert main(["export", str(run), "--out", str(export)]) == 0
     exported = load_file(str(export / "model.safetensors"))
-    for k in want:  # backbone frozen for the whole run: the EMA teacher is unchanged
-        torch.testing.assert_close(exported[k], want[k], rtol=0, atol=1e-6, msg=k)
+    for k in want:  # backbone frozen for the whole run: the EMA teacher is unchanged, exactly
+        assert torch.equal(exported[k], want[k]), k
 
 
 @pytest.mark.parametrize("method", ["dinov2", "mae"])

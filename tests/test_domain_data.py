@@ -277,6 +277,25 @@ def test_presets_on_13_band_float(preset: str) -> None:
     assert out.mean().abs() < 3  # normalised with the data's statistics, not 255-scaled
 
 
+def test_window_jitter_on_physical_units() -> None:
+    from acclimate.data.transforms import WindowJitter
+
+    torch.manual_seed(0)
+    hu = torch.linspace(-1000, 2000, 400).reshape(1, 20, 20)  # NIfTI CT slice, no data.window
+    jitter = WindowJitter(0.1, 1.25)
+    for _ in range(20):
+        out = jitter(hu)
+        assert out.min() >= -1000 - 1e-3 and out.max() <= 2000 + 1e-3  # same units, not [0, 1]
+        assert out.unique().numel() > 200  # not collapsed to two values
+    torch.testing.assert_close(WindowJitter(0.0, 1.0)(hu)[0, 5], hu[0, 5])  # identity window
+    unit = torch.rand(1, 20, 20)
+    assert WindowJitter(0.1, 1.25)(unit).max() <= 1  # [0, 1] images as before
+    views = MultiCropTransform(16, 8, 2, preset="medical", channels=1, mean=[500.0], std=[800.0])(
+        hu
+    )
+    assert all(v.std() > 0.1 for v in views["global"] + views["local"])
+
+
 def test_stain_jitter_rgb_microscopy() -> None:
     t = MultiCropTransform(16, 8, 1, preset="microscopy", channels=3)
     x = torch.randint(0, 256, (3, 20, 20), dtype=torch.uint8)

@@ -102,3 +102,24 @@ def test_faiss_needs_one_vector_per_image(tmp_path, tiny_dataset, vit_weights, c
     out = tmp_path / "patch.npy"
     assert _embed(tiny_dataset / "val", out, vit_weights, "--kind", "patch", "--faiss") == 2
     assert "--kind pooled or cls" in capsys.readouterr().err
+
+
+def test_embed_leaves_out_unreadable_files(tmp_path, tiny_dataset, vit_weights, caplog):
+    import logging
+
+    val = tmp_path / "val"
+    shutil.copytree(tiny_dataset / "val", val)
+    (val / "class_1" / "0_broken.png").write_bytes(b"not a png")
+    out = tmp_path / "emb.npy"
+    with caplog.at_level(logging.WARNING):
+        assert _embed(val, out, vit_weights) == 0
+    files = out.with_suffix(".files.txt").read_text().splitlines()
+    assert np.load(out).shape[0] == len(files) == 18
+    assert not any("broken" in f for f in files)
+    assert "left out 1 unreadable image(s)" in caplog.text
+    # each row holds its own file's features
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(files[7], alone / "x.png")
+    assert _embed(alone, tmp_path / "alone.npy", vit_weights) == 0
+    np.testing.assert_allclose(np.load(tmp_path / "alone.npy")[0], np.load(out)[7], atol=1e-5)

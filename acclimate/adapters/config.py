@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from acclimate.errors import AcclimateError
 
-class AdapterError(ValueError):
+
+class AdapterError(AcclimateError):
     """An adapter setting that does not fit the backbone (no matching layer, unknown blocks)."""
 
 

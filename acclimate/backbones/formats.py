@@ -90,6 +90,12 @@ def first_conv_keys(model: nn.Module) -> tuple[str, ...]:
 # --- dinov2 -------------------------------------------------------------------------------------
 
 
+# Attribute (a non-persistent buffer) under which `_convert_dinov2` keeps the official checkpoint's
+# mask token on the model: timm's ViT has no mask token, so it is not in the model's state dict
+# (stock timm export and strict loading are unaffected); DINOv2 training starts its own from it.
+PRETRAINED_MASK_TOKEN = "acclimate_mask_token"
+
+
 def _is_dinov2(sd: StateDict) -> bool:
     return ("mask_token" in sd or "register_tokens" in sd) and not _is_mae(sd)
 
@@ -99,10 +105,11 @@ def _convert_dinov2(sd: StateDict, model: nn.Module) -> StateDict:
 
     Chunked blocks (``blocks.C.I.`` from ``block_chunks > 0``) are flattened here: chunk C pads
     its list with Identity so ``I`` is already the global block index. The rest is timm's
-    ``checkpoint_filter_fn``: it drops ``mask_token``, renames SwiGLU ``w12``/``w3`` to
-    ``fc1``/``fc2``, moves ``register_tokens`` to ``reg_token`` (folding the class position into
-    ``cls_token`` for timm's ``no_embed_class`` layout) and resamples ``pos_embed`` to the model's
-    grid.
+    ``checkpoint_filter_fn``: it drops ``mask_token`` (kept here on the model as the
+    non-persistent buffer ``PRETRAINED_MASK_TOKEN``, for DINOv2 training), renames SwiGLU
+    ``w12``/``w3`` to ``fc1``/``fc2``, moves ``register_tokens`` to ``reg_token`` (folding the
+    class position into ``cls_token`` for timm's ``no_embed_class`` layout) and resamples
+    ``pos_embed`` to the model's grid.
     """
     from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
@@ -112,6 +119,11 @@ def _convert_dinov2(sd: StateDict, model: nn.Module) -> StateDict:
             f"not {model_name(model)}; change the backbone name"
         )
     out = {_CHUNKED_BLOCK.sub(r"blocks.\1.", k): v for k, v in sd.items()}
+    token = out.get("mask_token")
+    if isinstance(token, torch.Tensor) and token.numel() == model.embed_dim:
+        model.register_buffer(
+            PRETRAINED_MASK_TOKEN, token.detach().reshape(1, -1).clone(), persistent=False
+        )
     # checkpoint_filter_fn routes to its DINOv2 converter on "mask_token" (and pops it from the
     # dict it is given, so it always gets a copy).
     out.setdefault("mask_token", torch.zeros(1, model.embed_dim))

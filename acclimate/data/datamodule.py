@@ -12,7 +12,7 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader
 
-from acclimate.data.dataset import ImageDataset, bad_file_counts
+from acclimate.data.dataset import ImageDataset, bad_file_counts, collate_kept
 from acclimate.data.readers import DataError, ReadOptions, tiff_band_names
 from acclimate.data.sources import (
     FileSource,
@@ -236,6 +236,13 @@ class SSLDataModule(pl.LightningDataModule):
         )
 
 
+class EvalLoader(DataLoader):
+    """A DataLoader that leaves out batches in which every item was unreadable (``None``)."""
+
+    def __iter__(self) -> Any:
+        return (batch for batch in super().__iter__() if batch is not None)
+
+
 def eval_loader(
     source: ImageSource,
     transform: Callable[[Any], Any],
@@ -243,10 +250,16 @@ def eval_loader(
     num_workers: int = 2,
     bad_file_log: str | Path | None = None,
 ) -> DataLoader:
-    """A deterministic loader over a labelled source, for features (kNN, probes, embeddings)."""
-    dataset = ImageDataset(source, transform, bad_file_log=bad_file_log)
+    """A deterministic loader over a labelled source, for features (kNN, probes, embeddings).
+
+    Batches are ``(images, labels, indices)``: unreadable items are left out (never replaced by
+    another image), ``indices`` are the source positions of the items kept.
+    """
+    dataset = ImageDataset(source, transform, bad_file_log=bad_file_log, on_bad="drop")
     workers = min(num_workers, os.cpu_count() or 1)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
+    return EvalLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate_kept
+    )
 
 
 def describe_normalization(mean: Sequence[float], std: Sequence[float]) -> str:

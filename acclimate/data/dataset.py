@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from acclimate.data.readers import (
     BAD_REASONS,
@@ -74,8 +74,11 @@ class ImageDataset(Dataset):
     When an item cannot be used (missing, corrupt, truncated, wrong band count or pixel type,
     and with ``skip_constant`` all one value), the file is reported once per process (a WARNING,
     and a ``path<TAB>[reason] message`` line appended to ``bad_file_log``) and the next
-    readable item is returned instead. ``n_bad`` counts the distinct bad items this process met;
-    DataLoader workers each keep their own count, so use ``read_bad_file_log`` for a run total.
+    readable item is returned instead (``on_bad="next"``, for training). With ``on_bad="drop"``
+    (evaluation, embeddings: no image may stand in for another) items are
+    ``(transform(image), label, index)`` and a bad item is ``None``; ``collate_kept`` drops
+    those from a batch. ``n_bad`` counts the distinct bad items this process met; DataLoader
+    workers each keep their own count, so use ``read_bad_file_log`` for a run total.
     """
 
     max_tries = 50  # consecutive unreadable items before giving up with a DataError
@@ -86,8 +89,12 @@ class ImageDataset(Dataset):
         transform: Callable[[torch.Tensor], Any] | None = None,
         bad_file_log: str | Path | None = None,
         skip_constant: bool = False,
+        on_bad: Literal["next", "drop"] = "next",
     ) -> None:
+        if on_bad not in ("next", "drop"):
+            raise ValueError(f"on_bad must be 'next' or 'drop', got {on_bad!r}")
         self.source = source
+        self.on_bad = on_bad
         self.skip_constant = skip_constant
         self.transform = transform
         self.bad_file_log = None if bad_file_log is None else Path(bad_file_log)
@@ -99,11 +106,12 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.source)
 
-    def __getitem__(self, index: int) -> tuple[Any, int]:
+    def __getitem__(self, index: int) -> tuple[Any, ...] | None:
         n = len(self.source)
         index = range(n)[index]  # IndexError past the end, as the Dataset protocol expects
         last_error = ""
-        for step in range(min(self.max_tries, n)):
+        tries = 1 if self.on_bad == "drop" else min(self.max_tries, n)
+        for step in range(tries):
             i = (index + step) % n
             try:
                 image = self.source.load(i)
@@ -116,7 +124,10 @@ class ImageDataset(Dataset):
                 self._report_bad(i, bad_reason(exc), last_error)
                 continue
             label = int(self.source.labels[i])
-            return (image if self.transform is None else self.transform(image)), label
+            image = image if self.transform is None else self.transform(image)
+            return (image, label, i) if self.on_bad == "drop" else (image, label)
+        if self.on_bad == "drop":
+            return None
         raise DataError(
             f"{self.source.name}: no readable image in {min(self.max_tries, n)} items "
             f"from {self.source.describe(index)} on (last error: {last_error}); "
@@ -141,3 +152,13 @@ class ImageDataset(Dataset):
             )
         else:  # met by another worker or epoch
             log.debug("skipping unreadable image %s (already logged)", where)
+
+
+def collate_kept(batch: list[Any]) -> tuple[Any, torch.Tensor, torch.Tensor] | None:
+    """Collate ``(image, label, index)`` items of an ``on_bad="drop"`` dataset, leaving out the
+    bad ones (``None``): (images, labels, kept indices), or None when the whole batch is bad."""
+    kept = [item for item in batch if item is not None]
+    if not kept:
+        return None
+    images, labels, indices = default_collate(kept)
+    return images, labels, indices

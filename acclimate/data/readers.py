@@ -37,6 +37,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from acclimate.errors import AcclimateError
+
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".dcm", ".dicom", ".nii", ".nii.gz"}
 )
@@ -52,7 +54,7 @@ _PIL_8BIT = frozenset({"L", "RGB"})
 BAD_REASONS = ("missing", "unreadable", "truncated", "band_count", "dtype", "constant")
 
 
-class DataError(ValueError):
+class DataError(AcclimateError):
     """A data source is missing, empty, malformed or unreadable. The message names the path and
     the fix, on one line."""
 
@@ -116,6 +118,28 @@ class ReadOptions:
             raise DataError(f"window must be [centre, width] with width > 1, got {self.window}")
         if self.bands is not None and len(self.bands) == 0:
             raise DataError("bands is empty: list the bands to keep, or leave it out for all")
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> ReadOptions:
+        """Rebuild from ``to_dict`` output or the ``data:`` keys of a recipe (missing or null
+        keys take their defaults); other keys are ignored."""
+        d = d or {}
+        bands, names, window = d.get("bands"), d.get("band_names"), d.get("window")
+        return cls(
+            bands=None if bands is None else tuple(bands),
+            band_names=None if names is None else tuple(names),
+            window=None if window is None else (float(window[0]), float(window[1])),
+            slice_axis=2 if d.get("slice_axis") is None else int(d["slice_axis"]),
+        )
+
+    def to_dict(self) -> dict:
+        """JSON-ready form (lists), the inverse of ``from_dict``."""
+        return {
+            "bands": None if self.bands is None else list(self.bands),
+            "band_names": None if self.band_names is None else list(self.band_names),
+            "window": None if self.window is None else list(self.window),
+            "slice_axis": self.slice_axis,
+        }
 
     @property
     def plain(self) -> bool:

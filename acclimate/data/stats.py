@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import torch
 
 from acclimate.data.readers import DataError, MissingExtra, describe_error
 from acclimate.data.sources import ImageSource
+from acclimate.fileio import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -126,9 +126,7 @@ def save_stats(path: str | Path, stats: dict[str, Any]) -> Path:
     """Write statistics as JSON (atomically)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(stats, indent=2) + "\n")
-    tmp.replace(path)
+    write_json_atomic(path, stats)
     return path
 
 

@@ -53,19 +53,39 @@ class IntensityJitter(nn.Module):
 
 
 class WindowJitter(nn.Module):
-    """Intensity windowing jitter for [0, 1] medical images (already windowed DICOM, 8/16-bit
-    X-rays): a random window of centre 0.5 + U(-shift, shift) and width 1 / U(1/scale, scale),
-    as a radiologist would re-window, then clamp to [0, 1]. x: (C, H, W)."""
+    """Intensity windowing jitter: a random window of centre 0.5 + U(-shift, shift) and width
+    1 / U(1/scale, scale), as a radiologist would re-window, then clamp. x: (C, H, W).
+
+    Images in [0, 1] (windowed DICOM, 8/16-bit X-rays) are windowed in those units and clamped to
+    [0, 1]. Images with values outside [0, 1] (NIfTI or float TIFF in physical units, no
+    ``data.window``) are jittered relative to their own range: their 1st-99th percentiles play
+    the role of [0, 1], so the output stays in the input's units (and its normalisation).
+    """
+
+    max_samples = 100_000  # pixels sampled for the percentiles
 
     def __init__(self, shift: float = 0.1, scale: float = 1.25) -> None:
         super().__init__()
         self.shift, self.scale = shift, scale
 
+    def _range(self, x: Tensor) -> tuple[float, float]:
+        flat = x.flatten()
+        if flat.numel() > self.max_samples:
+            flat = flat[:: -(-flat.numel() // self.max_samples)]
+        lo, hi = torch.quantile(flat.float(), torch.tensor([0.01, 0.99])).tolist()
+        return (lo, hi) if hi > lo else (float(flat.min()), float(flat.max()))
+
     def forward(self, x: Tensor) -> Tensor:
         x = to_unit_float(x)
         centre = 0.5 + float(_uniform(-self.shift, self.shift))
         gain = math.exp(float(_uniform(-math.log(self.scale), math.log(self.scale))))
-        return ((x - centre) * gain + 0.5).clamp(0, 1)
+        if x.numel() == 0 or (float(x.min()) >= 0 and float(x.max()) <= 1):
+            return ((x - centre) * gain + 0.5).clamp(0, 1)
+        lo, hi = self._range(x)
+        if hi <= lo:  # constant image: nothing to window
+            return x
+        unit = (x - lo) / (hi - lo)
+        return ((unit - centre) * gain + 0.5).clamp(0, 1) * (hi - lo) + lo
 
 
 # Stain matrix of Ruifrok & Johnston (2001): rows are haematoxylin, eosin, DAB in optical density.

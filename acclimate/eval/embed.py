@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from acclimate.fileio import write_json_atomic, write_text_atomic
+
 
 def files_list_path(path: str | Path) -> Path:
     return Path(path).with_suffix(".files.txt")
@@ -41,7 +43,7 @@ def save_features(path: str | Path, feats: Tensor, files: list[str]) -> Path:
         save_file({"features": feats.contiguous()}, str(path))
     else:
         np.save(path, feats.numpy())
-    files_list_path(path).write_text("".join(f"{f}\n" for f in files))
+    write_text_atomic(files_list_path(path), "".join(f"{f}\n" for f in files))
     return path
 
 
@@ -94,7 +96,7 @@ def write_index(
         "features": Path(features_path).name,
         "files": files_list_path(features_path).name,
     }
-    path.with_suffix(".index.json").write_text(json.dumps(meta, indent=2) + "\n")
+    write_json_atomic(path.with_suffix(".index.json"), meta)
     return path
 
 

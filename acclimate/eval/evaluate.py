@@ -13,7 +13,14 @@ import torch
 from torch import nn
 
 from acclimate.data.datamodule import eval_loader
-from acclimate.data.sources import DataError, ImageSource, list_splits, open_source
+from acclimate.data.readers import DEFAULT_OPTIONS, ReadOptions
+from acclimate.data.sources import (
+    DataError,
+    ImageSource,
+    canonical_split,
+    list_splits,
+    open_source,
+)
 from acclimate.eval.features import extract_features
 from acclimate.eval.knn import knn_accuracy
 from acclimate.eval.linear import LinearProbe, train_linear_probe
@@ -77,23 +84,38 @@ def _limit(source: ImageSource, n: int | None, seed: int = 0) -> ImageSource:
     return source.subset(sorted(rng.choice(len(source), size=n, replace=False).tolist()))
 
 
-def labelled_splits(
-    spec: str, channels: int, settings: EvalSettings
-) -> tuple[ImageSource, ImageSource]:
-    """Open the (train, test) sources of a labelled evaluation set, subsampled per settings."""
+def held_out_split(spec: str, settings: EvalSettings) -> str | None:
+    """The split of ``spec`` that evaluation scores (None: a random 20% of a split-less source)."""
     splits = list_splits(spec)
-    if splits:
-        test = settings.test_split
-        if test == "auto":
-            test = "test" if "test" in splits else "val" if "val" in splits else None
-            if test is None:
-                raise DataError(
-                    f"{spec}: evaluation needs a held-out split (test or val); found {splits}"
-                )
-        train_src = open_source(spec, settings.train_split, channels=channels)
-        test_src = open_source(spec, test, channels=channels)
+    if not splits:
+        return None
+    test = settings.test_split
+    if test == "auto":
+        test = "test" if "test" in splits else "val" if "val" in splits else None
+        if test is None:
+            raise DataError(
+                f"{spec}: evaluation needs a held-out split (test or val); found {splits}"
+            )
+    return canonical_split(test)
+
+
+def labelled_splits(
+    spec: str,
+    channels: int,
+    settings: EvalSettings,
+    options: ReadOptions = DEFAULT_OPTIONS,
+) -> tuple[ImageSource, ImageSource]:
+    """Open the (train, test) sources of a labelled evaluation set, subsampled per settings.
+
+    ``options`` (band selection, window, slice axis) must be the model's training ones, so that
+    evaluation sees the pixels training saw.
+    """
+    test = held_out_split(spec, settings)
+    if test is not None:
+        train_src = open_source(spec, settings.train_split, channels=channels, options=options)
+        test_src = open_source(spec, test, channels=channels, options=options)
     else:
-        whole = open_source(spec, None, channels=channels)
+        whole = open_source(spec, None, channels=channels, options=options)
         perm = np.random.default_rng(0).permutation(len(whole))
         cut = int(round(0.8 * len(whole)))
         train_src, test_src = whole.subset(sorted(perm[:cut])), whole.subset(sorted(perm[cut:]))

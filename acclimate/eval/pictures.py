@@ -182,7 +182,8 @@ class PictureMonitor(pl.Callback):
         if k <= 0 or len(source) == 0:
             return None
         loader = eval_loader(source.subset(self._spread(len(source), k)), self.transform, k, 0)
-        return next(iter(loader))[0]
+        batch = next(iter(loader), None)  # None: every picked image was unreadable
+        return None if batch is None else batch[0]
 
     def _writer(self, trainer: pl.Trainer) -> Any:
         from lightning.pytorch.loggers import TensorBoardLogger
@@ -214,10 +215,12 @@ class PictureMonitor(pl.Callback):
         if len(self.projector) == 0 or not self.projector.has_labels:
             return
         feats, labels, thumbs = [], [], []
-        for images, y in eval_loader(self.projector, self.transform, self.batch_size, 0):
+        for images, y, _ in eval_loader(self.projector, self.transform, self.batch_size, 0):
             feats.append(features_of(model, images.to(device), "pooled").float().cpu())
             labels.append(torch.as_tensor(y))
             thumbs.append(F.interpolate(denormalise(images, self.mean, self.std), size=(32, 32)))
+        if not feats:  # every image unreadable
+            return
         classes = self.projector.classes
         names = [classes[i] if 0 <= i < len(classes) else "?" for i in torch.cat(labels).tolist()]
         writer.add_embedding(

@@ -31,6 +31,7 @@ from acclimate.eval.metrics import classification_metrics
 from acclimate.eval.pca import pca_project
 from acclimate.eval.retrieval import retrieval_metrics
 from acclimate.eval.sweep import sweep_linear_probe
+from acclimate.fileio import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -445,8 +446,6 @@ def write_report(
         ("markdown", _markdown(blocks)),
         ("html", _html(blocks)),
     ):
-        tmp = paths[key].with_suffix(paths[key].suffix + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(paths[key])
+        write_text_atomic(paths[key], text)
     paths.update({k: out / v for k, v in figures.items()})
     return paths

@@ -16,6 +16,8 @@ from timm.models import save_for_hf
 from torch import nn
 
 from acclimate.adapters.merge import merge_lora
+from acclimate.errors import AcclimateError
+from acclimate.fileio import write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -23,10 +25,7 @@ META_FILE = "acclimate.json"
 FORMAT_VERSION = 1
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    tmp.replace(path)
+_write_json = write_json_atomic
 
 
 def export_backbone(
@@ -84,7 +83,7 @@ def export_backbone(
     }
     _write_json(out / META_FILE, meta)
     if recipe is not None:
-        (out / "recipe.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(recipe)))
+        write_text_atomic(out / "recipe.yaml", OmegaConf.to_yaml(OmegaConf.create(recipe)))
     write_model_card(out)
     log.info("exported %s to %s", meta["architecture"], out)
     return out
@@ -101,7 +100,7 @@ def _data_metadata(
     if bands is None and data.get("bands") and all(isinstance(b, str) for b in data["bands"]):
         bands = list(data["bands"])
     if bands is not None and len(bands) != channels:
-        raise ValueError(f"{len(bands)} band names for {channels} input channels")
+        raise AcclimateError(f"{len(bands)} band names for {channels} input channels")
     reader = {k: data.get(k) for k in ("bands", "band_names", "window", "slice_axis") if k in data}
     return {
         "bands": bands,
@@ -222,7 +221,7 @@ def write_model_card(out: str | Path) -> Path:
         "```",
         "",
     ]
-    (out / "README.md").write_text("\n".join(lines))
+    write_text_atomic(out / "README.md", "\n".join(lines))
     return out / "README.md"
 
 
@@ -231,5 +230,7 @@ def checkpoint_metadata(ckpt: str | Path) -> dict[str, Any]:
     obj = torch.load(ckpt, map_location="cpu", weights_only=True)
     meta = obj.get("acclimate") if isinstance(obj, dict) else None
     if not meta:
-        raise ValueError(f"{ckpt}: not an acclimate training checkpoint (no 'acclimate' metadata)")
+        raise AcclimateError(
+            f"{ckpt}: not an acclimate training checkpoint (no 'acclimate' metadata)"
+        )
     return meta

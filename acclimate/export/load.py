@@ -15,8 +15,9 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from acclimate.data.readers import read_image
+from acclimate.data.readers import DEFAULT_OPTIONS, ReadOptions, read_image
 from acclimate.data.transforms import EvalTransform
+from acclimate.errors import AcclimateError
 from acclimate.eval.features import FeatureKind, features_of
 from acclimate.eval.linear import LinearProbe
 from acclimate.export.artifact import META_FILE, checkpoint_metadata
@@ -29,7 +30,8 @@ class Extractor:
     """A frozen feature extractor with its preprocessing and linear probes.
 
     ``features`` and ``predict`` take image paths, PIL images, numpy arrays (H, W[, C]) uint8 or
-    uint8 tensors (C, H, W) / (B, C, H, W); preprocessing is applied for you.
+    uint8 tensors (C, H, W) / (B, C, H, W); preprocessing is applied for you. Image files are
+    read with ``options`` (band selection, window, slice axis: the export's ``reader``).
     """
 
     model: nn.Module
@@ -39,6 +41,7 @@ class Extractor:
     probes: dict[str, LinearProbe] = field(default_factory=dict)
     probe_info: dict[str, dict[str, Any]] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+    options: ReadOptions = DEFAULT_OPTIONS
 
     def __post_init__(self) -> None:
         self.model.eval()
@@ -50,7 +53,7 @@ class Extractor:
 
     def _to_tensor(self, image: Any) -> Tensor:
         if isinstance(image, (str, Path)):
-            return read_image(image, self.channels)
+            return read_image(image, self.channels, options=self.options)
         if isinstance(image, Image.Image):
             image = np.asarray(image.convert("L" if self.channels == 1 else "RGB"))
         if isinstance(image, np.ndarray):
@@ -80,12 +83,12 @@ class Extractor:
     def predict(self, images: Any, probe: str | None = None) -> tuple[list[str], Tensor]:
         """Class names and probabilities (B, C) from a saved linear probe."""
         if not self.probes:
-            raise ValueError(
+            raise AcclimateError(
                 "this export has no probes; train one with `acclimate probe DIR --data SRC`"
             )
         name = probe or next(iter(self.probes))
         if name not in self.probes:
-            raise ValueError(f"no probe {name!r}; available: {', '.join(self.probes)}")
+            raise AcclimateError(f"no probe {name!r}; available: {', '.join(self.probes)}")
         p = self.probes[name]
         kind = self.probe_info.get(name, {}).get("feature", "pooled")
         probs = p.logits(self.features(images, kind)).softmax(1)
@@ -109,8 +112,23 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Extractor:
         probes[pj.stem] = LinearProbe.load(pj.with_suffix(".safetensors"), data.get("classes"))
         info[pj.stem] = data
     return Extractor(
-        model.to(device), meta["mean"], meta["std"], int(meta["image_size"]), probes, info, meta
+        model.to(device),
+        meta["mean"],
+        meta["std"],
+        int(meta["image_size"]),
+        probes,
+        info,
+        meta,
+        reader_options(meta),
     )
+
+
+def reader_options(meta: dict[str, Any]) -> ReadOptions:
+    """How the training images were read, from an export's ``acclimate.json`` (``reader``) or a
+    checkpoint's metadata (``reader``, else the recipe's ``data`` keys)."""
+    if meta.get("reader") is not None:
+        return ReadOptions.from_dict(meta["reader"])
+    return ReadOptions.from_dict((meta.get("recipe") or {}).get("data"))
 
 
 @dataclass
@@ -123,6 +141,7 @@ class ResolvedModel:
     image_size: int
     description: str
     metadata: dict[str, Any] = field(default_factory=dict)
+    options: ReadOptions = DEFAULT_OPTIONS  # how to read image files for this model
 
 
 def resolve_model(
@@ -144,7 +163,13 @@ def resolve_model(
     if p.is_dir() and (p / META_FILE).is_file():
         ex = load(p)
         return ResolvedModel(
-            ex.model, ex.mean, ex.std, image_size or ex.image_size, f"export {p}", ex.meta
+            ex.model,
+            ex.mean,
+            ex.std,
+            image_size or ex.image_size,
+            f"export {p}",
+            ex.meta,
+            ex.options,
         )
     if p.is_dir() and (p / "checkpoints" / "last.ckpt").is_file():
         p = p / "checkpoints" / "last.ckpt"
@@ -162,9 +187,10 @@ def resolve_model(
             image_size or meta["image_size"],
             f"checkpoint {p} ({which})",
             meta,
+            reader_options(meta),
         )
     if p.exists():
-        raise ValueError(
+        raise AcclimateError(
             f"{spec}: expected an export folder, a run folder or a .ckpt checkpoint; for a weights "
             "file pass the timm name as MODEL and the file with --weights"
         )

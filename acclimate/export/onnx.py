@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from acclimate.eval.features import features_of
+from acclimate.fileio import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -131,8 +132,6 @@ def add_onnx(export_dir: str | Path, check: bool = True, tolerance: float = 1e-4
     meta_file = out / META_FILE
     meta = json.loads(meta_file.read_text())
     meta["onnx"] = info
-    tmp = meta_file.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(meta, indent=2) + "\n")
-    tmp.replace(meta_file)
+    write_json_atomic(meta_file, meta)
     write_model_card(out)
     return info

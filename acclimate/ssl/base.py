@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 
 import lightning.pytorch as pl
 import torch
-from torch import nn
+from torch import Tensor, nn
 
+from acclimate.ssl.ema import cosine_momentum, update_ema
 from acclimate.ssl.optim import OptimSettings, param_groups
 from acclimate.ssl.schedules import warmup_cosine
 
@@ -34,6 +36,13 @@ class SSLModule(pl.LightningModule):
         self.backbone = backbone
         self.optim = optim or OptimSettings()
         self.batch_size = batch_size
+
+    def save_method_hparams(self) -> None:
+        """Save the calling ``__init__``'s arguments (and those of the subclasses' ``__init__``
+        that called it) as hyperparameters, without the backbone; ``optim`` as a plain dict."""
+        frame = inspect.currentframe()
+        self.save_hyperparameters(ignore=["backbone", "optim"], frame=frame and frame.f_back)
+        self.hparams["optim"] = self.optim.to_dict()
 
     # --- what subclasses provide -------------------------------------------------------------
     def head_modules(self) -> list[nn.Module]:
@@ -79,6 +88,37 @@ class SSLModule(pl.LightningModule):
         """Run the student backbone without gradient during the frozen warm-up."""
         with torch.no_grad() if self.backbone_frozen else nullcontext():
             yield
+
+    @contextmanager
+    def maybe_frozen_params(self) -> Iterator[None]:
+        """Like `maybe_frozen`, but keeps the graph for inputs that train during the warm-up (a
+        mask token): the backbone's parameters stop requiring gradient for the forward instead
+        of disabling autograd, and are restored after it."""
+        if not self.backbone_frozen:
+            yield
+            return
+        params = [p for p in self.backbone.parameters() if p.requires_grad]
+        for p in params:
+            p.requires_grad_(False)
+        try:
+            yield
+        finally:
+            for p in params:
+                p.requires_grad_(True)
+
+    def log_loss(self, loss: Tensor, extra: dict[str, float | Tensor] | None = None) -> None:
+        """Log ``train/loss`` (mean over ranks) and extra per-step values."""
+        if extra:
+            self.log_dict(extra, on_step=True, on_epoch=False, batch_size=self.batch_size)
+        self.log(
+            "train/loss",
+            loss,
+            prog_bar=True,
+            on_step=True,
+            on_epoch=True,
+            batch_size=self.batch_size,
+            sync_dist=True,
+        )
 
     # --- optimisation ---------------------------------------------------------------------------
     def lr_factor(self) -> float:
@@ -147,3 +187,33 @@ class SSLModule(pl.LightningModule):
             for m in backbone.modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     m.eval()
+
+
+class MomentumTeacherModule(SSLModule):
+    """An `SSLModule` with EMA teachers (DINO, DINOv2, MoCo, BYOL).
+
+    Subclasses set ``self.momentum_start`` / ``self.momentum_end`` and list the (EMA, online)
+    module pairs in ``ema_pairs``. After every optimiser step each EMA module follows its online
+    module (`update_ema`), with the momentum raised from start to end by a cosine schedule.
+    The exported backbone is ``teacher_backbone``.
+    """
+
+    momentum_start: float = 0.996
+    momentum_end: float = 1.0
+
+    def ema_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        raise NotImplementedError
+
+    def teacher_momentum(self) -> float:
+        return cosine_momentum(
+            self.global_step, self.total_steps, self.momentum_start, self.momentum_end
+        )
+
+    def export_backbone(self) -> nn.Module:
+        return self.teacher_backbone
+
+    def optimizer_step(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003 - Lightning's hook
+        m = self.teacher_momentum()
+        super().optimizer_step(*args, **kwargs)
+        for ema, online in self.ema_pairs():
+            update_ema(ema, online, m)

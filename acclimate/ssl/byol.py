@@ -45,8 +45,7 @@ class BYOL(MomentumModule):
     ) -> None:
         super().__init__(backbone, batch_size, optim)
         self.check_momentum(momentum, momentum_end)
-        self.save_hyperparameters(ignore=["backbone", "optim"])
-        self.hparams["optim"] = self.optim.to_dict()
+        self.save_method_hparams()
         self.momentum_start, self.momentum_end = momentum, momentum_end
         in_dim = feature_dim(backbone)
         self.projector = MLPHead(in_dim, hidden_dim, dim, sync_bn=sync_bn_in_head)

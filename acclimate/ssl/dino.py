@@ -9,9 +9,8 @@ import torch
 from torch import Tensor, nn
 
 from acclimate.backbones import feature_dim
-from acclimate.ssl.base import SSLModule
+from acclimate.ssl.base import MomentumTeacherModule
 from acclimate.ssl.center import Center
-from acclimate.ssl.ema import cosine_momentum, update_ema
 from acclimate.ssl.heads import DINOHead
 from acclimate.ssl.losses import DINOLoss
 from acclimate.ssl.optim import OptimSettings
@@ -33,7 +32,7 @@ def forward_by_size(backbone: nn.Module, views: list[Tensor]) -> Tensor:
     return torch.cat(out)
 
 
-class DINO(SSLModule):
+class DINO(MomentumTeacherModule):
     """Student/teacher self-distillation with multi-crop, an EMA teacher and centring.
 
     The teacher starts from the same pretrained weights as the student (a copy), sees the global
@@ -85,8 +84,8 @@ class DINO(SSLModule):
             )
         if teacher_temp <= 0 or warmup_teacher_temp <= 0:
             raise ValueError("teacher_temp and warmup_teacher_temp must be positive")
-        self.save_hyperparameters(ignore=["backbone", "optim"])
-        self.hparams["optim"] = self.optim.to_dict()
+        self.save_method_hparams()
+        self.momentum_start, self.momentum_end = momentum_teacher, momentum_teacher_end
         dim = feature_dim(backbone)
         head_args = dict(
             hidden_dim=hidden_dim,
@@ -103,19 +102,13 @@ class DINO(SSLModule):
     def head_modules(self) -> list[nn.Module]:
         return [self.head]
 
-    def export_backbone(self) -> nn.Module:
-        return self.teacher_backbone
+    def ema_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        return [(self.teacher_backbone, self.backbone), (self.teacher_head, self.head)]
 
     def teacher_temperature(self) -> float:
         h = self.hparams
         warm = int(h.warmup_teacher_temp_epochs * self.steps_per_epoch)
         return linear_warmup(self.global_step, warm, h.warmup_teacher_temp, h.teacher_temp)
-
-    def teacher_momentum(self) -> float:
-        h = self.hparams
-        return cosine_momentum(
-            self.global_step, self.total_steps, h.momentum_teacher, h.momentum_teacher_end
-        )
 
     def training_step(self, batch: tuple[dict, Tensor], batch_idx: int) -> Tensor:
         views, _ = batch  # labels, if any, are not used
@@ -133,30 +126,13 @@ class DINO(SSLModule):
         temp = self.teacher_temperature()
         loss = self.criterion(list(s_chunks), list(t_chunks), self.center(), temp)
         self.center.update(teacher_out.float())
-        self.log_dict(
-            {"dino/teacher_temp": temp, "dino/momentum": self.teacher_momentum()},
-            on_step=True,
-            on_epoch=False,
-            batch_size=self.batch_size,
-        )
-        self.log(
-            "train/loss",
-            loss,
-            prog_bar=True,
-            on_step=True,
-            on_epoch=True,
-            batch_size=self.batch_size,
-            sync_dist=True,
-        )
+        self.log_loss(loss, {"dino/teacher_temp": temp, "dino/momentum": self.teacher_momentum()})
         return loss
 
     def on_after_backward(self) -> None:
+        """Keep the prototype layers of the DINO heads fixed for ``freeze_last_layer_epochs``."""
         if self.epoch_progress < self.hparams.freeze_last_layer_epochs:
-            for p in self.head.last_layer.parameters():
-                p.grad = None
-
-    def optimizer_step(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003 - Lightning's hook
-        m = self.teacher_momentum()
-        super().optimizer_step(*args, **kwargs)
-        update_ema(self.teacher_backbone, self.backbone, m)
-        update_ema(self.teacher_head, self.head, m)
+            for head in self.head_modules():
+                if isinstance(head, DINOHead):
+                    for p in head.last_layer.parameters():
+                        p.grad = None

@@ -9,9 +9,9 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from acclimate.backbones.formats import PRETRAINED_MASK_TOKEN
 from acclimate.ssl.center import Center
 from acclimate.ssl.dino import DINO, forward_by_size
-from acclimate.ssl.ema import update_ema
 from acclimate.ssl.heads import DINOHead
 from acclimate.ssl.losses import IBOTLoss, KoLeoLoss
 from acclimate.ssl.masking import block_masks
@@ -90,24 +90,28 @@ class DINOv2(DINO):
             raise ValueError("ibot_weight and koleo_weight must be >= 0")
         super().__init__(
             backbone,
-            batch_size,
-            optim,
-            out_dim,
-            hidden_dim,
-            bottleneck_dim,
-            head_layers,
-            use_bn_in_head,
-            norm_last_layer,
-            student_temp,
-            teacher_temp,
-            warmup_teacher_temp,
-            warmup_teacher_temp_epochs,
-            center_momentum,
-            momentum_teacher,
-            momentum_teacher_end,
-            freeze_last_layer_epochs,
+            batch_size=batch_size,
+            optim=optim,
+            out_dim=out_dim,
+            hidden_dim=hidden_dim,
+            bottleneck_dim=bottleneck_dim,
+            head_layers=head_layers,
+            use_bn_in_head=use_bn_in_head,
+            norm_last_layer=norm_last_layer,
+            student_temp=student_temp,
+            teacher_temp=teacher_temp,
+            warmup_teacher_temp=warmup_teacher_temp,
+            warmup_teacher_temp_epochs=warmup_teacher_temp_epochs,
+            center_momentum=center_momentum,
+            momentum_teacher=momentum_teacher,
+            momentum_teacher_end=momentum_teacher_end,
+            freeze_last_layer_epochs=freeze_last_layer_epochs,
         )  # saves every argument above as hyperparameters
         self.mask_token = MaskToken(backbone.embed_dim)
+        released = getattr(backbone, PRETRAINED_MASK_TOKEN, None)
+        if released is not None:  # the official checkpoint's, kept by `load_weights`
+            with torch.no_grad():
+                self.mask_token.weight.copy_(released.reshape(1, -1))
         self.ibot_head: DINOHead | None = None
         if ibot_separate_head:
             self.ibot_head = copy.deepcopy(self.head)
@@ -162,10 +166,15 @@ class DINOv2(DINO):
             t_tokens = encode_tokens(teacher, embed_tokens(teacher, images))
             t_cls = self.teacher_head(pooled(teacher, t_tokens)).float()
             t_patch = teacher_patch_head(t_tokens[:, n_prefix:][masks]).float()
-        with self.maybe_frozen():
+        # The mask token trains during the frozen warm-up too: the masked forward keeps its graph
+        # (the backbone parameters, not autograd, are switched off).
+        with self.maybe_frozen_params():
             tokens = encode_tokens(vit, embed_tokens(vit, images, masks, self.mask_token()))
             s_global = pooled(vit, tokens)
-            feats = [s_global, forward_by_size(vit, locals_)] if locals_ else [s_global]
+        feats = [s_global]
+        if locals_:
+            with self.maybe_frozen():
+                feats.append(forward_by_size(vit, locals_))
         s_cls = self.head(torch.cat(feats)).float()
 
         temp = self.teacher_temperature()
@@ -197,29 +206,9 @@ class DINOv2(DINO):
             parts["dinov2/koleo"] = koleo.detach()
 
         parts |= {"dino/teacher_temp": temp, "dino/momentum": self.teacher_momentum()}
-        self.log_dict(parts, on_step=True, on_epoch=False, batch_size=self.batch_size)
-        self.log(
-            "train/loss",
-            loss,
-            prog_bar=True,
-            on_step=True,
-            on_epoch=True,
-            batch_size=self.batch_size,
-            sync_dist=True,
-        )
+        self.log_loss(loss, parts)
         return loss
 
-    def on_after_backward(self) -> None:
-        super().on_after_backward()
-        if (
-            self.ibot_head is not None
-            and self.epoch_progress < self.hparams.freeze_last_layer_epochs
-        ):
-            for p in self.ibot_head.last_layer.parameters():
-                p.grad = None
-
-    def optimizer_step(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003 - Lightning's hook
-        m = self.teacher_momentum()
-        super().optimizer_step(*args, **kwargs)
-        if self.ibot_head is not None:
-            update_ema(self.teacher_ibot_head, self.ibot_head, m)
+    def ema_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        extra = [(self.teacher_ibot_head, self.ibot_head)] if self.ibot_head is not None else []
+        return super().ema_pairs() + extra

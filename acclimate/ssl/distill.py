@@ -11,9 +11,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from acclimate.backbones import create_backbone, feature_dim
+from acclimate.ssl.base import SSLModule
 from acclimate.ssl.losses import EmbeddingDistillLoss
 from acclimate.ssl.optim import OptimSettings
-from acclimate.ssl.two_view import TwoViewModule, two_views
+from acclimate.ssl.two_view import two_views
 
 
 def input_channels(model: nn.Module) -> int:
@@ -22,7 +23,7 @@ def input_channels(model: nn.Module) -> int:
     return conv.in_channels if conv is not None else 3
 
 
-class Distill(TwoViewModule):
+class Distill(SSLModule):
     """Student (the recipe's ``backbone``) regresses a frozen teacher's pooled embeddings.
 
     The teacher is built by `create_backbone` from ``teacher_name`` / ``teacher_weights``: any
@@ -69,8 +70,7 @@ class Distill(TwoViewModule):
         super().__init__(backbone, batch_size, optim)
         if teacher_image_size is not None and teacher_image_size <= 0:
             raise ValueError(f"teacher_image_size must be positive, got {teacher_image_size}")
-        self.save_hyperparameters(ignore=["backbone", "optim"])
-        self.hparams["optim"] = self.optim.to_dict()
+        self.save_method_hparams()
         teacher = create_backbone(teacher_name, teacher_weights, in_chans=input_channels(backbone))
         self.teacher = teacher.requires_grad_(False)  # eval mode is set at every use
         d_s, d_t = feature_dim(backbone), feature_dim(self.teacher)

@@ -10,13 +10,24 @@ from torch import nn
 
 @torch.no_grad()
 def update_ema(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
-    """``t <- m * t + (1 - m) * s`` for every floating parameter and buffer (BN statistics too);
-    integer buffers such as ``num_batches_tracked`` are copied."""
-    t_state = teacher.state_dict()
-    for name, s in student.state_dict().items():
-        t = t_state[name]
+    """``t <- m * t + (1 - m) * s`` for the student's trainable parameters and floating buffers
+    (BN statistics), matched by name; integer buffers such as ``num_batches_tracked`` are copied.
+
+    Parameters the student does not train (frozen base weights under an adapter) are left
+    untouched, so they stay bit-identical to the student's. The update is ``torch.lerp``, which
+    is exact where ``t == s`` (no fp32 drift of weights that have not moved).
+    """
+    weight = 1.0 - momentum
+    t_params = dict(teacher.named_parameters())
+    for name, s in student.named_parameters():
+        if s.requires_grad:
+            t = t_params[name]
+            t.lerp_(s.detach().to(t.dtype), weight)
+    t_buffers = dict(teacher.named_buffers())
+    for name, s in student.named_buffers():
+        t = t_buffers[name]
         if t.dtype.is_floating_point:
-            t.mul_(momentum).add_(s.detach().to(t.dtype), alpha=1.0 - momentum)
+            t.lerp_(s.to(t.dtype), weight)
         else:
             t.copy_(s)
 

@@ -18,7 +18,8 @@ class DINOHead(nn.Module):
         hidden_dim: width of the MLP.
         bottleneck_dim: width of the L2-normalised bottleneck.
         n_layers: linear layers in the MLP (>= 1).
-        use_bn: BatchNorm between MLP layers (paper: off for ViT).
+        use_bn: BatchNorm between MLP layers (paper: off for ViT); statistics over the global
+            batch of every rank (`SyncBatchNorm1d`), as in the paper's code.
         norm_last_layer: fix the prototype norms to 1 (paper: True; False trains faster but less
             stably).
     """
@@ -42,7 +43,7 @@ class DINOHead(nn.Module):
             layers.append(nn.Linear(dims[i], dims[i + 1]))
             if i < n_layers - 1:
                 if use_bn:
-                    layers.append(nn.BatchNorm1d(dims[i + 1]))
+                    layers.append(SyncBatchNorm1d(dims[i + 1]))
                 layers.append(nn.GELU())
         self.mlp = nn.Sequential(*layers)
         for m in self.mlp.modules():

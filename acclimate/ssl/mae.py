@@ -61,10 +61,9 @@ class MAE(SSLModule):
         ph, pw = vit.patch_embed.patch_size
         if ph != pw:
             raise ValueError(f"mae needs square patches, got {ph}x{pw}")
-        self.save_hyperparameters(ignore=["backbone", "optim"])
-        self.hparams["optim"] = self.optim.to_dict()
+        self.save_method_hparams()
         self.patch = ph
-        in_chans = vit.patch_embed.proj.in_channels
+        in_chans = vit.patch_embed.proj.weight.shape[1]  # also when LoRA wraps the projection
         self.decoder = MAEDecoder(
             vit.embed_dim, ph * ph * in_chans, decoder_dim, decoder_depth, decoder_heads
         )
@@ -102,13 +101,5 @@ class MAE(SSLModule):
     def training_step(self, batch: tuple[dict, Tensor], batch_idx: int) -> Tensor:
         views, _ = batch
         loss, _, _ = self.forward_loss(views["global"][0], self.backbone_frozen)
-        self.log(
-            "train/loss",
-            loss,
-            prog_bar=True,
-            on_step=True,
-            on_epoch=True,
-            batch_size=self.batch_size,
-            sync_dist=True,
-        )
+        self.log_loss(loss)
         return loss

@@ -51,8 +51,7 @@ class MoCoV3(MomentumModule):
     ) -> None:
         super().__init__(backbone, batch_size, optim)
         self.check_momentum(momentum, momentum_end)
-        self.save_hyperparameters(ignore=["backbone", "optim"])
-        self.hparams["optim"] = self.optim.to_dict()
+        self.save_method_hparams()
         self.momentum_start, self.momentum_end = momentum, momentum_end
         self.projector = MLPHead(
             feature_dim(backbone),

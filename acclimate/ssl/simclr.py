@@ -7,13 +7,14 @@ import torch
 from torch import Tensor, nn
 
 from acclimate.backbones import feature_dim
+from acclimate.ssl.base import SSLModule
 from acclimate.ssl.heads import MLPHead
 from acclimate.ssl.losses import NTXentLoss
 from acclimate.ssl.optim import OptimSettings
-from acclimate.ssl.two_view import TwoViewModule, two_views
+from acclimate.ssl.two_view import two_views
 
 
-class SimCLR(TwoViewModule):
+class SimCLR(SSLModule):
     """Two views of each image, one encoder, a projection MLP, NT-Xent over the global batch.
 
     The batch is ``({"global": [v1, v2], "local": [...]}, labels)`` from ``MultiCropTransform``
@@ -43,8 +44,7 @@ class SimCLR(TwoViewModule):
         temperature: float = 0.1,
     ) -> None:
         super().__init__(backbone, batch_size, optim)
-        self.save_hyperparameters(ignore=["backbone", "optim"])
-        self.hparams["optim"] = self.optim.to_dict()
+        self.save_method_hparams()
         self.projector = MLPHead(
             feature_dim(backbone),
             proj_hidden_dim,

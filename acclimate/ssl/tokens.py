@@ -105,7 +105,7 @@ def unpatchify(patches: Tensor, patch: int, grid: tuple[int, int]) -> Tensor:
 class MaskToken(nn.Module):
     """A learnable (1, D) embedding that replaces masked patch embeddings (BEiT, iBOT, DINOv2).
 
-    Starts at zero, as in DINOv2.
+    Starts at zero, as in DINOv2, unless `DINOv2` initialises it from a released checkpoint's.
     """
 
     def __init__(self, dim: int) -> None:

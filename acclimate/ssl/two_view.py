@@ -1,13 +1,12 @@
 """Shared parts of the two-view methods (SimCLR, MoCo v3, BYOL, distillation): the views of a
-batch, loss logging, and the momentum (EMA) encoder with its cosine schedule."""
+batch and the momentum (EMA) encoder."""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
 
-from acclimate.ssl.base import SSLModule
-from acclimate.ssl.ema import cosine_momentum, update_ema
+from acclimate.ssl.base import MomentumTeacherModule
 
 
 def two_views(batch: tuple[dict, Tensor]) -> tuple[Tensor, Tensor]:
@@ -20,52 +19,19 @@ def two_views(batch: tuple[dict, Tensor]) -> tuple[Tensor, Tensor]:
     return globals_[0], globals_[1]
 
 
-class TwoViewModule(SSLModule):
-    """An `SSLModule` that logs ``train/loss`` (mean over ranks) and extra per-step values."""
-
-    def log_loss(self, loss: Tensor, extra: dict[str, float] | None = None) -> None:
-        if extra:
-            self.log_dict(extra, on_step=True, on_epoch=False, batch_size=self.batch_size)
-        self.log(
-            "train/loss",
-            loss,
-            prog_bar=True,
-            on_step=True,
-            on_epoch=True,
-            batch_size=self.batch_size,
-            sync_dist=True,
-        )
-
-
-class MomentumModule(TwoViewModule):
+class MomentumModule(MomentumTeacherModule):
     """A two-view method with a momentum encoder (MoCo, BYOL).
 
-    Subclasses set ``self.momentum_start`` / ``self.momentum_end`` and list the (EMA, online)
-    module pairs in ``ema_pairs``. After every optimiser step each EMA module follows its online
-    module: ``t <- m t + (1 - m) s``, with ``m`` raised from start to end by a cosine schedule
-    (BYOL Sec. 3.2; MoCo v3 Sec. 4).
+    As `MomentumTeacherModule`: after every optimiser step each EMA module follows its online
+    module, ``t <- m t + (1 - m) s``, with ``m`` raised from start to end by a cosine schedule
+    (BYOL Sec. 3.2; MoCo v3 Sec. 4). The momentum encoder is exported (``acclimate export
+    --student`` gives the online one, which the MoCo v3 and BYOL papers evaluate).
     """
-
-    momentum_start: float = 0.996
-    momentum_end: float = 1.0
-
-    def ema_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
-        raise NotImplementedError
 
     @staticmethod
     def check_momentum(start: float, end: float) -> None:
         if not 0.0 <= start <= end <= 1.0:
             raise ValueError(f"need 0 <= momentum <= momentum_end <= 1, got {start} and {end}")
-
-    def teacher_momentum(self) -> float:
-        return cosine_momentum(
-            self.global_step, self.total_steps, self.momentum_start, self.momentum_end
-        )
-
-    def export_backbone(self) -> nn.Module:
-        """The momentum encoder, as for DINO (``acclimate export --student`` gives the online
-        one, which the MoCo v3 and BYOL papers evaluate)."""
-        return self.teacher_backbone
 
     def online_forward(self, views: list[Tensor], head: nn.Module) -> list[Tensor]:
         """V views (B, C, H, W) -> V (B, D) projections: one backbone pass on the concatenated
@@ -81,9 +47,3 @@ class MomentumModule(TwoViewModule):
         self.teacher_backbone.eval()
         feats = self.teacher_backbone(torch.cat(views))
         return [head(f) for f in feats.chunk(len(views))]
-
-    def optimizer_step(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003 - Lightning's hook
-        m = self.teacher_momentum()
-        super().optimizer_step(*args, **kwargs)
-        for ema, online in self.ema_pairs():
-            update_ema(ema, online, m)

@@ -1,0 +1,6 @@
+"""The one base class of user-facing errors: the CLI prints them as one line, exit code 2."""
+
+
+class AcclimateError(ValueError):
+    """A problem with the user's input (recipe, data, weights, command line), stated in one line
+    that names the file or key and the fix. Anything else is a bug and keeps its traceback."""
