@@ -63,6 +63,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         source=resolved.description,
         bands=meta.get("bands"),
         statistics=meta.get("statistics"),
+        clip=meta.get("clip"),
     )
     print(f"exported {resolved.description} to {out}")
     if args.onnx:
@@ -159,7 +160,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         r = resolve_model(
             spec, weights=args.weights, image_size=args.image_size, in_chans=args.channels
         )
-        tf = EvalTransform(r.image_size, r.mean, r.std)
+        tf = EvalTransform(r.image_size, r.mean, r.std, r.clip)
         sources = labelled_splits(args.data, len(r.mean), settings, r.options)
         train, test = split_features(
             r.model, sources, tf, settings.batch_size, settings.num_workers
@@ -218,7 +219,7 @@ def _embed_source(
 
     options = r.options if options is None else options
     src = open_source(images, None, channels=len(r.mean), options=options)
-    loader = eval_loader(src, EvalTransform(r.image_size, r.mean, r.std), batch_size)
+    loader = eval_loader(src, EvalTransform(r.image_size, r.mean, r.std, r.clip), batch_size)
     feats, _, kept = extract_features_indexed(r.model, loader, kind=kind, progress=True, desc=desc)
     return feats, [src.describe(i) for i in kept.tolist()]
 
@@ -313,7 +314,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     from acclimate.data.datamodule import resolve_split
     from acclimate.data.readers import ReadOptions
     from acclimate.data.sources import open_source
-    from acclimate.data.stats import cached_stats_file, save_stats, source_stats
+    from acclimate.data.stats import cached_stats_file, check_clip, save_stats, source_stats
 
     bands = _band_list(args.bands)
     channels = args.channels or (len(bands) if bands else 3)
@@ -327,9 +328,15 @@ def cmd_stats(args: argparse.Namespace) -> int:
         window=None if window is None else (window[0], window[1]),
         slice_axis=args.slice_axis,
     )
+    clip = None
+    if args.clip:
+        try:
+            clip = list(check_clip([float(v) for v in args.clip.split(",")]))
+        except ValueError as e:
+            raise UsageError(f"--clip: {e}") from None
     split = None if args.split == "all" else resolve_split(args.source, args.split)
     src = open_source(args.source, split, channels=channels, options=options)
-    stats = source_stats(src, max_images=args.max_images)
+    stats = source_stats(src, max_images=args.max_images, clip=clip)
     result = {"source": str(args.source), "split": split, "options": options.__dict__, **stats}
     written = [Path(args.out)] if args.out else []
     cache = cached_stats_file(args.source, split, channels, options)
@@ -342,6 +349,12 @@ def cmd_stats(args: argparse.Namespace) -> int:
     for p in ("1", "99"):
         if p in stats["percentiles"]:
             print(f"p{p}:  {[round(v, 4) for v in stats['percentiles'][p]]}")
+    if clip is not None:
+        c = stats["clip"]
+        print(
+            f"clipped to p{clip[0]:g}-p{clip[1]:g}: mean {[round(m, 4) for m in c['mean']]}, "
+            f"std {[round(s, 4) for s in c['std']]} (data.clip=[{clip[0]:g},{clip[1]:g}])"
+        )
     print(
         f"use in a recipe: data.mean={[round(m, 4) for m in mean]} "
         f"data.std={[round(s, 4) for s in std]}"
@@ -516,6 +529,11 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--slice-axis", type=int, default=2, help="NIfTI slicing axis")
     st.add_argument(
         "--max-images", type=int, default=10000, help="random sample size (one streaming pass)"
+    )
+    st.add_argument(
+        "--clip",
+        help="LOW,HIGH percentiles (e.g. 1,99): also the bounds and the clipped values' mean/std "
+        "for data.clip (a second pass over the sample)",
     )
     st.add_argument("--out", help="also write the statistics to this JSON file (data.stats)")
     st.set_defaults(fn=cmd_stats)

@@ -76,7 +76,7 @@ def _methods() -> dict[str, type]:
 # Arguments that the training entry point fills in itself; a recipe may not set them.
 RESERVED = {
     "data": {"transform", "bad_file_log"},
-    "augment": {"mean", "std", "channels"},
+    "augment": {"mean", "std", "channels", "clip"},
     "method": {"backbone", "batch_size", "optim"},
 }
 

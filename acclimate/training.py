@@ -226,11 +226,14 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool) -> tuple[Path, dict[str,
     mean, std = dm.normalization(getattr(backbone, "pretrained_cfg", None))
     recipe.data["data"]["mean"], recipe.data["data"]["std"] = mean, std
     log.info("normalisation: %s", describe_normalization(mean, std))
+    clip = dm.clip_range()  # per-channel (low, high) of data.clip, or None
+    if clip is not None:
+        log.info("clipping channels to percentiles %g-%g of the training data", *dm.clip)
     aug = recipe.section("augment")
     if aug.get("global_size") is None:
         recipe.data["augment"]["global_size"] = dm.image_size
     dm.transform = construct(
-        recipe, "augment", MultiCropTransform, mean=mean, std=std, channels=dm.channels
+        recipe, "augment", MultiCropTransform, mean=mean, std=std, channels=dm.channels, clip=clip
     )
     write_text_atomic(run_dir / "recipe.yaml", recipe.to_yaml())
 
@@ -252,7 +255,7 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool) -> tuple[Path, dict[str,
 
     eval_settings = EvalSettings(**recipe.section("eval"))
     sources, test_images_seen = _eval_sources(recipe, dm)
-    eval_tf = EvalTransform(dm.image_size, mean, std)
+    eval_tf = EvalTransform(dm.image_size, mean, std, clip)
     callbacks: list[pl.Callback] = [
         RunMetadata(
             {
@@ -264,6 +267,7 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool) -> tuple[Path, dict[str,
                 "bands": dm.band_names,  # names in input order, for the export
                 "reader": dm.options.to_dict(),  # how files are read (bands, window, slices)
                 "statistics": dm.stats or (dm.statistics() if dm.stats_file else None),
+                "clip": clip_metadata(dm.clip, clip),
             }
         )
     ]
@@ -334,6 +338,15 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool) -> tuple[Path, dict[str,
                 step=trainer.global_step,
             )
     return run_dir, metrics
+
+
+def clip_metadata(
+    percentiles: tuple[float, float] | None, bounds: tuple[list[float], list[float]] | None
+) -> dict[str, Any] | None:
+    """``data.clip`` as recorded in checkpoints and exports: percentiles and per-channel bounds."""
+    if percentiles is None or bounds is None:
+        return None
+    return {"percentiles": list(percentiles), "low": bounds[0], "high": bounds[1]}
 
 
 def resume_recipe(run_dir: str | Path, overrides: list[str]) -> Recipe:

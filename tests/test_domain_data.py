@@ -94,6 +94,28 @@ def test_missing_extra_names_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         read_image(tmp_path / "x.dcm", 1)
 
 
+def test_missing_extra_through_the_cli(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    import importlib
+
+    from acclimate.cli import main
+
+    real = importlib.import_module
+
+    def fake(name: str, *args: object) -> object:
+        if name == "tifffile":
+            raise ImportError(name)
+        return real(name, *args)
+
+    write_geotiff(tmp_path / "tiles" / "t.tif", s2_tile(1))
+    monkeypatch.setattr(importlib, "import_module", fake)
+    assert main(["stats", str(tmp_path / "tiles"), "--channels", "13"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err  # one line, no traceback
+    assert err.startswith("acclimate stats: error:") and "pip install 'acclimate[geo]'" in err
+
+
 def test_16bit_png(tmp_path: Path) -> None:
     wide = np.array([[0, 1000, 65535], [4095, 30000, 12]], dtype=np.uint16)
     Image.fromarray(wide).save(tmp_path / "x.png")
@@ -197,6 +219,26 @@ def test_stats_match_numpy_on_13_bands(tmp_path: Path) -> None:
     assert stats["sampled"] == 3 and stats["unreadable"] == 1
 
 
+def test_clip_statistics_are_of_clipped_values(tmp_path: Path) -> None:
+    tiles = [s2_tile(k, size=8, offset=400 * k) for k in range(3)]
+    for k, tile in enumerate(tiles):
+        write_geotiff(tmp_path / f"{k}.tif", tile)
+    stats = source_stats(open_source(tmp_path, channels=13), clip=[2, 98])
+    pixels = np.concatenate([t.reshape(13, -1) for t in tiles], axis=1)
+    pixels = (pixels.astype(np.float32) / np.float32(65535)).astype(np.float64)
+    low, high = np.percentile(pixels, 2, axis=1), np.percentile(pixels, 98, axis=1)
+    clipped = np.clip(pixels, low[:, None], high[:, None])
+    c = stats["clip"]
+    assert c["percentiles"] == [2.0, 98.0]
+    np.testing.assert_allclose(c["low"], low, rtol=1e-5)
+    np.testing.assert_allclose(c["high"], high, rtol=1e-5)
+    np.testing.assert_allclose(c["mean"], clipped.mean(1), rtol=1e-5)
+    np.testing.assert_allclose(c["std"], clipped.std(1), rtol=1e-5)
+    np.testing.assert_allclose(stats["mean"], pixels.mean(1), rtol=1e-9)  # unclipped as before
+    with pytest.raises(ValueError, match="0 <= low < high <= 100"):
+        source_stats(open_source(tmp_path, channels=13), clip=[99, 1])
+
+
 # ----------------------------------------------------------------------------- bad data
 
 
@@ -277,6 +319,36 @@ def test_presets_on_13_band_float(preset: str) -> None:
     assert out.mean().abs() < 3  # normalised with the data's statistics, not 255-scaled
 
 
+def test_satellite_crops_keep_the_aspect_ratio() -> None:
+    from torchvision.transforms import v2
+
+    from acclimate.data.transforms import SATELLITE_GLOBAL_SCALE, SATELLITE_LOCAL_SCALE
+
+    torch.manual_seed(0)
+    t = MultiCropTransform(
+        16, 8, 2, preset="satellite", channels=13, mean=[0.0] * 13, std=[1.0] * 13
+    )
+    crops = [
+        (op, view)
+        for view, pipe in (("global", t.global1), ("global", t.global2), ("local", t.local))
+        for op in pipe.transforms
+        if isinstance(op, v2.RandomResizedCrop)
+    ]
+    assert len(crops) == 3
+    for op, view in crops:
+        assert op.ratio == (1.0, 1.0)
+        assert op.scale == (SATELLITE_GLOBAL_SCALE if view == "global" else SATELLITE_LOCAL_SCALE)
+        for shape in ((13, 40, 24), (13, 24, 40), (13, 33, 33), (13, 20, 200)):
+            for _ in range(200):  # square crops of the tile, whatever its shape
+                params = op.make_params([torch.empty(shape)])
+                assert params["height"] == params["width"], (shape, params)
+    natural = MultiCropTransform(16, 8, 1, channels=3)
+    assert natural.global1.transforms[0].ratio == pytest.approx((3 / 4, 4 / 3))
+    assert natural.global1.transforms[0].scale == (0.4, 1.0)
+    given = MultiCropTransform(16, 8, 1, (0.5, 1.0), preset="satellite", channels=3)
+    assert given.global1.transforms[0].scale == (0.5, 1.0)  # a recipe's scale wins
+
+
 def test_window_jitter_on_physical_units() -> None:
     from acclimate.data.transforms import WindowJitter
 
@@ -341,3 +413,132 @@ def test_13_band_geotiff_trains_and_exports(tmp_path: Path, capsys) -> None:
     ex = acclimate.load(export)
     feats = ex.features([data / "val" / "class_0" / "0.tif"])
     assert feats.shape[0] == 1 and torch.isfinite(feats).all()
+
+
+MAE_RECIPE = """
+name: tiny-mae-13
+backbone:
+  name: test_vit
+  weights: {weights}
+  in_chans: 13
+data:
+  train: {data}
+  channels: 13
+  image_size: 32
+  batch_size: 4
+  num_workers: 0
+  clip: [1, 99]
+augment:
+  n_local: 0
+  preset: satellite
+  color_strength: 0.0
+  blur_p: 0.0
+method:
+  name: mae
+  mask_ratio: 0.75
+  decoder_dim: 32
+  decoder_depth: 1
+  decoder_heads: 4
+optim:
+  freeze_backbone_epochs: 0
+  warmup_epochs: 0
+eval:
+  every_n_epochs: 0
+  before_after: false
+  pictures: false
+  batch_size: 16
+  num_workers: 0
+trainer:
+  max_epochs: 1
+  max_steps: 2
+  progress_bar: false
+  log_every_n_steps: 1
+"""
+
+
+def test_13_band_mae_with_clip_trains_and_exports(tmp_path: Path) -> None:
+    """MAE on 13-band uint16 GeoTIFFs from 3-channel ViT weights (in_chans adapted), with
+    ``data.clip``: the bounds and clipped statistics reach the export, and ``acclimate.load``
+    clips exactly as training does."""
+    import timm
+    from safetensors.torch import save_file
+
+    import acclimate
+    from acclimate.cli import main
+    from acclimate.data.datamodule import SSLDataModule
+
+    data = tmp_path / "s2"
+    for j in range(8):
+        write_geotiff(data / f"{j}.tif", s2_tile(j, size=20, offset=100 * j), S2_BANDS)
+    rgb = timm.create_model("test_vit", num_classes=0, in_chans=3)
+    weights = tmp_path / "vit_rgb.safetensors"
+    save_file(rgb.state_dict(), str(weights))
+    recipe = tmp_path / "mae13.yaml"
+    recipe.write_text(MAE_RECIPE.format(weights=weights, data=data))
+    run = tmp_path / "run"
+    assert main(["train", str(recipe), f"run_dir={run}"]) == 0
+    export = tmp_path / "export"
+    assert main(["export", str(run), "--out", str(export)]) == 0
+
+    meta = json.loads((export / "acclimate.json").read_text())
+    assert meta["channels"] == 13 and meta["bands"] == S2_BANDS
+    stock = timm.create_model(f"local-dir:{export}", pretrained=True, num_classes=0).eval()
+    assert stock.patch_embed.proj.weight.shape[1] == 13  # adapted from the RGB stem
+    # the bounds are the training data's 1st/99th percentiles; mean/std those of clipped values
+    tiles = [s2_tile(j, size=20, offset=100 * j).reshape(13, -1) for j in range(8)]
+    pixels = np.concatenate(tiles, axis=1)
+    pixels = (pixels.astype(np.float32) / np.float32(65535)).astype(np.float64)
+    low, high = np.percentile(pixels, 1, axis=1), np.percentile(pixels, 99, axis=1)
+    assert meta["clip"]["percentiles"] == [1.0, 99.0]
+    np.testing.assert_allclose(meta["clip"]["low"], low, rtol=1e-5)
+    np.testing.assert_allclose(meta["clip"]["high"], high, rtol=1e-5)
+    clipped = np.clip(pixels, low[:, None], high[:, None])
+    np.testing.assert_allclose(meta["mean"], clipped.mean(1), rtol=1e-5)
+    np.testing.assert_allclose(meta["std"], clipped.std(1), rtol=1e-5)
+
+    # an image far outside the percentiles, and the same image clipped beforehand
+    extreme = s2_tile(99, size=20)
+    extreme[:, :, :10] = 0
+    extreme[:, :, 10:] = 65535
+    raw = write_geotiff(tmp_path / "extreme.tif", extreme, S2_BANDS)
+    mean_t = torch.tensor(meta["mean"])[:, None, None]
+    std_t = torch.tensor(meta["std"])[:, None, None]
+    low_t = torch.tensor(meta["clip"]["low"], dtype=torch.float32)[:, None, None]
+    high_t = torch.tensor(meta["clip"]["high"], dtype=torch.float32)[:, None, None]
+    x = read_image(raw, 13)
+    x_clipped = torch.maximum(torch.minimum(x, high_t), low_t)
+    ex = acclimate.load(export)
+    out = ex.preprocess(raw)
+    torch.testing.assert_close(out, ex.preprocess(x_clipped))
+    unnorm = out[0] * std_t + mean_t
+    assert (unnorm >= low_t - 1e-5).all() and (unnorm <= high_t + 1e-5).all()
+    assert torch.isclose(unnorm, high_t, atol=1e-5).any()  # values beyond p99 hit the bound
+
+    # training: the data module resolves the same bounds and its views clip the same way
+    dm = SSLDataModule(str(data), channels=13, clip=[1, 99], image_size=32, num_workers=0)
+    bounds = dm.clip_range()
+    assert bounds is not None
+    np.testing.assert_allclose(bounds[0], meta["clip"]["low"], rtol=1e-6)
+    np.testing.assert_allclose(bounds[1], meta["clip"]["high"], rtol=1e-6)
+    np.testing.assert_allclose(dm.normalization()[0], meta["mean"], rtol=1e-6)
+    eval_tf = EvalTransform(32, meta["mean"], meta["std"], bounds)  # training's eval transform
+    torch.testing.assert_close(eval_tf(x), out[0])
+    train_tf = MultiCropTransform(
+        32,
+        n_local=0,
+        preset="satellite",
+        color_strength=0.0,
+        blur_p=0.0,
+        channels=13,
+        mean=meta["mean"],
+        std=meta["std"],
+        clip=bounds,
+    )
+    for seed in range(5):
+        torch.manual_seed(seed)
+        views = train_tf(x)["global"]
+        torch.manual_seed(seed)
+        torch.testing.assert_close(views, train_tf(x_clipped)["global"])
+        for v in views:
+            v = v * std_t + mean_t
+            assert (v >= low_t - 1e-5).all() and (v <= high_t + 1e-5).all()

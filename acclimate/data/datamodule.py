@@ -21,7 +21,14 @@ from acclimate.data.sources import (
     list_splits,
     open_source,
 )
-from acclimate.data.stats import cached_stats_file, load_stats, save_stats, source_stats
+from acclimate.data.stats import (
+    cached_stats_file,
+    check_clip,
+    clip_stats,
+    load_stats,
+    save_stats,
+    source_stats,
+)
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +67,11 @@ class SSLDataModule(pl.LightningDataModule):
             backbone's pretraining statistics (ImageNet's for most timm weights).
             ``auto`` reads ``stats`` when given, else what ``acclimate stats`` cached for
             this source, else computes them (and caches them).
+        clip: percentile bounds ``[low, high]``, e.g. ``[1, 99]``: every channel is clipped to
+            its own low-th and high-th percentile of the training data (from the statistics,
+            as for ``mean: auto``) before normalisation, in training, evaluation and the export
+            (``acclimate.load`` applies it; ``acclimate.json`` records the bounds). With ``mean``
+            or ``std`` ``auto`` they are the statistics of the clipped values. null: no clipping.
         stats: a statistics file written by ``acclimate stats SRC --out FILE``.
         stats_images: images sampled to compute ``auto`` statistics.
         batch_size: images per device per step.
@@ -81,6 +93,7 @@ class SSLDataModule(pl.LightningDataModule):
         image_size: int = 224,
         mean: Normalization = "auto",
         std: Normalization = "auto",
+        clip: list[float] | None = None,
         stats: str | None = None,
         stats_images: int = 5000,
         batch_size: int = 64,
@@ -113,6 +126,7 @@ class SSLDataModule(pl.LightningDataModule):
         )
         self.image_size = image_size
         self.mean, self.std = mean, std
+        self.clip = None if clip is None else check_clip(clip)
         self.stats_file = stats
         self.stats: dict[str, Any] | None = None  # filled when statistics are read or computed
         self.stats_images = stats_images
@@ -155,32 +169,50 @@ class SSLDataModule(pl.LightningDataModule):
 
     def statistics(self) -> dict[str, Any]:
         """Per-channel statistics: the ``stats`` file, else the cache of ``acclimate stats``
-        for this source, else computed over ``stats_images`` images (and cached)."""
-        if self.stats is not None:
-            return self.stats
+        for this source, else computed over ``stats_images`` images (and cached). With
+        ``clip``, they include ``clip`` (bounds and the clipped values' mean/std)."""
+        if self.stats is None:
+            self.stats = self._read_statistics()
+        if self.clip is not None:
+            stats = clip_stats(self.source, self.stats, self.clip, max_images=self.stats_images)
+            if stats is not self.stats and self.stats_file is None:
+                self._cache(stats)  # the clipped pass is reused by the next run
+            self.stats = stats
+        return self.stats
+
+    def _cache(self, stats: dict[str, Any]) -> None:
+        cache = cached_stats_file(self.spec, self.split, self.channels, self.options)
+        if cache is not None:
+            try:
+                save_stats(cache, stats)
+            except OSError as exc:
+                log.warning("could not cache statistics in %s: %s", cache, exc)
+
+    def _read_statistics(self) -> dict[str, Any]:
         if self.stats_file is not None:
-            self.stats = load_stats(self.stats_file, self.channels)
             log.info("statistics from %s", self.stats_file)
-            return self.stats
+            return load_stats(self.stats_file, self.channels)
         cache = cached_stats_file(self.spec, self.split, self.channels, self.options)
         if cache is not None and cache.exists():
             try:
                 cached = load_stats(cache, self.channels)
                 if cached.get("n_images") == len(self.source):
-                    self.stats = cached
                     log.info("statistics from the cache %s (`acclimate stats`)", cache)
-                    return self.stats
+                    return cached
                 log.info("cached statistics %s are for another image count: recomputing", cache)
             except DataError as exc:
                 log.warning("ignoring cached statistics: %s", exc)
         log.info("computing channel statistics over up to %d images", self.stats_images)
-        self.stats = source_stats(self.source, max_images=self.stats_images)
-        if cache is not None:
-            try:
-                save_stats(cache, self.stats)
-            except OSError as exc:
-                log.warning("could not cache statistics in %s: %s", cache, exc)
-        return self.stats
+        stats = source_stats(self.source, max_images=self.stats_images, clip=self.clip)
+        self._cache(stats)
+        return stats
+
+    def clip_range(self) -> tuple[list[float], list[float]] | None:
+        """Per-channel (low, high) bounds of ``clip`` from the statistics; None without clip."""
+        if self.clip is None:
+            return None
+        entry = self.statistics()["clip"]
+        return [float(v) for v in entry["low"]], [float(v) for v in entry["high"]]
 
     def normalization(self, backbone_cfg: dict | None = None) -> tuple[list[float], list[float]]:
         """Resolve ``mean``/``std``: given lists, the backbone's, or from the data's statistics."""
@@ -193,8 +225,9 @@ class SSLDataModule(pl.LightningDataModule):
             if len(mean) != self.channels:  # RGB statistics for other band counts: their average
                 mean = [sum(mean) / len(mean)] * self.channels
                 std = [sum(std) / len(std)] * self.channels
-        else:
+        else:  # of the clipped values when clipping
             stats = self.statistics()
+            stats = stats["clip"] if self.clip is not None else stats
             mean, std = stats["mean"], stats["std"]
         mean = self.mean if isinstance(self.mean, list) else mean
         std = self.std if isinstance(self.std, list) else std

@@ -31,11 +31,26 @@ def _key(p: float) -> str:
     return f"{p:g}"
 
 
+def _sample(source: ImageSource, max_images: int, seed: int) -> tuple[np.ndarray, Any]:
+    n = len(source)
+    if n == 0:
+        raise DataError(f"{source.name} holds no images: nothing to compute statistics from")
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(n, size=min(max(max_images, 1), n), replace=False)), rng
+
+
+def _pixels(image: torch.Tensor) -> torch.Tensor:
+    """(C, H, W) -> (C, H*W) float64 in the transforms' units (uint8 / 255)."""
+    x = image.reshape(image.shape[0], -1).to(torch.float64)
+    return x / 255.0 if image.dtype == torch.uint8 else x
+
+
 def source_stats(
     source: ImageSource,
     max_images: int = 10_000,
     seed: int = 0,
     percentiles: Sequence[float] = PERCENTILES,
+    clip: Sequence[float] | None = None,
 ) -> dict[str, Any]:
     """Per-channel ``mean``, ``std`` (population), ``min``, ``max`` and ``percentiles``
     ({"1": [...], "99": [...]}) over a random sample of at most ``max_images`` images.
@@ -44,12 +59,14 @@ def source_stats(
     in float64 (Chan et al.'s parallel update), so they match numpy over the same pixels to
     float64 rounding; percentiles come from up to ``PERCENTILE_VALUES`` pixels drawn uniformly
     from each image (exact when the sample holds fewer pixels). Unreadable files are skipped.
+
+    With ``clip`` (percentile bounds ``[low, high]``, e.g. ``[1, 99]``), a second pass over the
+    same images adds ``stats["clip"]``: the per-channel bounds and the mean/std of the values
+    clipped to them (see ``clip_stats``).
     """
-    n = len(source)
-    if n == 0:
-        raise DataError(f"{source.name} holds no images: nothing to compute statistics from")
-    rng = np.random.default_rng(seed)
-    picked = np.sort(rng.choice(n, size=min(max(max_images, 1), n), replace=False))
+    if clip is not None:
+        percentiles = sorted({*percentiles, *(float(p) for p in clip)})
+    picked, rng = _sample(source, max_images, seed)
     c = source.channels
     per_image = max(16, PERCENTILE_VALUES // (c * len(picked)))
     count = 0
@@ -72,17 +89,9 @@ def source_stats(
             )
             skipped += 1
             continue
-        x = image.reshape(image.shape[0], -1).to(torch.float64)
-        if image.dtype == torch.uint8:
-            x = x / 255.0
+        x = _pixels(image)
         k = x.shape[1]
-        m_i = x.mean(1)
-        m2_i = ((x - m_i[:, None]) ** 2).sum(1)
-        delta = m_i - mean
-        total = count + k
-        mean += delta * (k / total)
-        m2 += m2_i + delta**2 * (count * k / total)
-        count = total
+        count = _merge(mean, m2, count, x)
         lo = torch.minimum(lo, x.min(1).values)
         hi = torch.maximum(hi, x.max(1).values)
         cols = x if k <= per_image else x[:, torch.from_numpy(rng.choice(k, per_image, False))]
@@ -98,11 +107,13 @@ def source_stats(
         "min": lo.tolist(),
         "max": hi.tolist(),
         "percentiles": {_key(p): q[j].tolist() for j, p in enumerate(percentiles)},
-        "n_images": n,
+        "n_images": len(source),
         "sampled": len(picked) - skipped,
         "unreadable": skipped,
         "pixels": count,
     }
+    if clip is not None:
+        stats = clip_stats(source, stats, clip, max_images=max_images, seed=seed)
     log.info(
         "statistics over %d images of %s (%d unreadable): mean %s, std %s",
         stats["sampled"],
@@ -112,6 +123,85 @@ def source_stats(
         [round(s, 4) for s in stats["std"]],
     )
     return stats
+
+
+def _merge(mean: torch.Tensor, m2: torch.Tensor, count: int, x: torch.Tensor) -> int:
+    """Merge the pixels x (C, K) into the running per-channel mean and M2 (in place)."""
+    k = x.shape[1]
+    m_i = x.mean(1)
+    m2_i = ((x - m_i[:, None]) ** 2).sum(1)
+    delta = m_i - mean
+    total = count + k
+    mean += delta * (k / total)
+    m2 += m2_i + delta**2 * (count * k / total)
+    return total
+
+
+def check_clip(clip: Sequence[float]) -> tuple[float, float]:
+    """Validate percentile bounds ``[low, high]`` with 0 <= low < high <= 100."""
+    if len(clip) != 2 or not 0 <= float(clip[0]) < float(clip[1]) <= 100:
+        raise ValueError(
+            f"clip must be percentile bounds [low, high] with 0 <= low < high <= 100 "
+            f"(e.g. [1, 99]), got {list(clip)}"
+        )
+    return float(clip[0]), float(clip[1])
+
+
+def clip_stats(
+    source: ImageSource,
+    stats: dict[str, Any],
+    clip: Sequence[float],
+    max_images: int = 10_000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """``stats`` with ``stats["clip"]`` = {"percentiles": [low, high], "low": [...],
+    "high": [...], "mean": [...], "std": [...]}: per-channel bounds from the stored
+    percentiles and the mean/std of the values clipped to them, in one streaming pass over the
+    same sample as ``source_stats`` (same ``max_images`` and ``seed``). Returned unchanged when
+    it already holds the clip for these percentiles."""
+    lo_p, hi_p = check_clip(clip)
+    have = stats.get("clip") or {}
+    if have.get("percentiles") == [lo_p, hi_p] and "mean" in have:
+        return stats
+    table = stats.get("percentiles") or {}
+    missing = [_key(p) for p in (lo_p, hi_p) if _key(p) not in table]
+    if missing:
+        raise DataError(
+            f"the statistics hold no percentile(s) {', '.join(missing)} for data.clip "
+            f"(available: {', '.join(table) or 'none'}); recompute them with "
+            f"`acclimate stats SRC --clip {lo_p:g},{hi_p:g}`"
+        )
+    low = torch.tensor(table[_key(lo_p)], dtype=torch.float64)
+    high = torch.tensor(table[_key(hi_p)], dtype=torch.float64)
+    picked, _ = _sample(source, max_images, seed)
+    c = source.channels
+    count, mean, m2 = 0, torch.zeros(c, dtype=torch.float64), torch.zeros(c, dtype=torch.float64)
+    for i in picked.tolist():
+        try:
+            image = source.load(i)
+        except MissingExtra:
+            raise
+        except Exception:  # already reported by source_stats
+            continue
+        x = torch.maximum(torch.minimum(_pixels(image), high[:, None]), low[:, None])
+        count = _merge(mean, m2, count, x)
+    if count == 0:
+        raise DataError(f"{source.name}: none of the {len(picked)} sampled images is readable")
+    entry = {
+        "percentiles": [lo_p, hi_p],
+        "low": low.tolist(),
+        "high": high.tolist(),
+        "mean": mean.tolist(),
+        "std": (m2 / count).sqrt().tolist(),
+    }
+    log.info(
+        "clipped to percentiles %g-%g: mean %s, std %s",
+        lo_p,
+        hi_p,
+        [round(m, 4) for m in entry["mean"]],
+        [round(s, 4) for s in entry["std"]],
+    )
+    return {**stats, "clip": entry}
 
 
 def channel_stats(

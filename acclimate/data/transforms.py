@@ -25,6 +25,41 @@ def to_unit_float(x: Tensor) -> Tensor:
     return x.to(torch.float32) / 255.0 if x.dtype == torch.uint8 else x
 
 
+Clip = tuple[Sequence[float], Sequence[float]]  # per-channel (low, high) in [0, 1] units
+
+
+class ClipChannels(nn.Module):
+    """Clip each channel to its own [low, high] (``data.clip``: percentile bounds of the training
+    data from its statistics), in the units the statistics use: uint8 images are scaled to
+    [0, 1] first, float images are clipped as the readers return them. x: (C, H, W) -> float32.
+    """
+
+    def __init__(self, low: Sequence[float], high: Sequence[float]) -> None:
+        super().__init__()
+        if len(low) != len(high):
+            raise ValueError(f"clip has {len(low)} low and {len(high)} high bounds")
+        self.low = torch.tensor([float(v) for v in low], dtype=torch.float32)[:, None, None]
+        self.high = torch.tensor([float(v) for v in high], dtype=torch.float32)[:, None, None]
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[-3] != self.low.shape[0]:
+            raise ValueError(
+                f"clip bounds for {self.low.shape[0]} channels, image has {x.shape[-3]}"
+            )
+        x = to_unit_float(x)
+        return torch.maximum(torch.minimum(x, self.high), self.low)
+
+
+def _clip(clip: Clip | None, channels: int | None = None) -> list[nn.Module]:
+    if clip is None:
+        return []
+    if channels is not None and len(clip[0]) != channels:
+        raise ValueError(
+            f"clip has bounds for {len(clip[0])} channels but the images have {channels}"
+        )
+    return [ClipChannels(*clip)]
+
+
 def _uniform(lo: float, hi: float, size: tuple[int, ...] = ()) -> Tensor:
     return torch.empty(size).uniform_(lo, hi)
 
@@ -162,6 +197,15 @@ class RandomRot90(nn.Module):
         return torch.rot90(x, k, dims=(-2, -1)) if k else x
 
 
+# Satellite crops (``preset: satellite``): overhead imagery has a fixed ground sampling distance
+# (10 m per pixel for Sentinel-2's visible bands), so objects have a known size in pixels. Crops
+# keep the aspect ratio (square) and the zoom moderate: a global crop covers 25-100% of the tile
+# (side 50-100%, at most 2x zoom), a local crop 10-40% (side 32-63%). These are the preset's
+# defaults for ``global_scale``/``local_scale``; values set in a recipe are used as given.
+SATELLITE_GLOBAL_SCALE = (0.25, 1.0)
+SATELLITE_LOCAL_SCALE = (0.1, 0.4)
+
+
 def _blur(size: int, p: float) -> list[nn.Module]:
     if p <= 0:
         return []
@@ -185,12 +229,14 @@ class MultiCropTransform:
         global_size: global crop side G (default: ``data.image_size``).
         local_size: local crop side L (default: about G * 96 / 224, a multiple of 8).
         n_local: local crops per image (paper: 6-10; 0 disables multi-crop).
-        global_scale: area range of global crops (paper: 0.4-1; raise the lower bound for
-            small images such as 64 px tiles).
-        local_scale: area range of local crops (paper: 0.05-0.4).
+        global_scale: area range of global crops (default: the paper's 0.4-1, the satellite
+            preset's 0.25-1; raise the lower bound for small images such as 64 px tiles).
+        local_scale: area range of local crops (default: the paper's 0.05-0.4, the satellite
+            preset's 0.1-0.4).
         preset: ``natural`` (DINO's colour jitter, grayscale, blur, solarise on RGB),
-            ``satellite`` (flips, 90-degree rotations, brightness/contrast with one factor for
-            all bands: no hue or colour jitter), ``medical`` (no flips, intensity windowing
+            ``satellite`` (square crops with scale-aware areas, flips, 90-degree rotations,
+            brightness/contrast with one factor for all bands: no hue or colour jitter; see
+            ``SATELLITE_GLOBAL_SCALE``), ``medical`` (no flips, intensity windowing
             jitter, no colour ops) or ``microscopy`` (flips, 90-degree rotations, H&E stain
             jitter on RGB, per-band intensity jitter otherwise).
         color_strength: multiplies the colour/intensity jitter (0 turns it off).
@@ -198,6 +244,8 @@ class MultiCropTransform:
             locals 0.5, as in the paper, scaled by blur_p).
         solarize_p: probability of solarisation of the second global view (natural preset only).
         mean, std: per-channel normalisation (filled in by the trainer from ``data``).
+        clip: per-channel (low, high) bounds applied before everything else (filled in by the
+            trainer from ``data.clip``); None: no clipping.
     """
 
     def __init__(
@@ -205,8 +253,8 @@ class MultiCropTransform:
         global_size: int | None = None,
         local_size: int | None = None,
         n_local: int = 6,
-        global_scale: tuple[float, float] = (0.4, 1.0),
-        local_scale: tuple[float, float] = (0.05, 0.4),
+        global_scale: tuple[float, float] | None = None,
+        local_scale: tuple[float, float] | None = None,
         preset: Preset = "natural",
         color_strength: float = 1.0,
         blur_p: float = 1.0,
@@ -214,7 +262,13 @@ class MultiCropTransform:
         channels: int = 3,
         mean: Sequence[float] = (0.5, 0.5, 0.5),
         std: Sequence[float] = (0.25, 0.25, 0.25),
+        clip: Clip | None = None,
     ) -> None:
+        satellite = preset == "satellite"
+        if global_scale is None:
+            global_scale = SATELLITE_GLOBAL_SCALE if satellite else (0.4, 1.0)
+        if local_scale is None:
+            local_scale = SATELLITE_LOCAL_SCALE if satellite else (0.05, 0.4)
         for name, (lo, hi) in (("global_scale", global_scale), ("local_scale", local_scale)):
             if not 0 < lo <= hi <= 1:
                 raise ValueError(f"{name} must satisfy 0 < min <= max <= 1, got {[lo, hi]}")
@@ -229,22 +283,29 @@ class MultiCropTransform:
         geo = _geometric(preset)
         colour = _photometric(preset, channels, color_strength)
         norm = _to_float(mean, std)
+        first = _clip(clip, channels)
         solarize = (
             [RandomSolarize(p=solarize_p)]
             if preset == "natural" and channels == 3 and solarize_p > 0
             else []
         )
 
-        def crop(size: int, scale: tuple[float, float]) -> nn.Module:
-            return v2.RandomResizedCrop(size, scale=tuple(scale), antialias=True)
+        # overhead imagery has a fixed ground sampling distance: square crops, no stretching
+        ratio = (1.0, 1.0) if satellite else (3 / 4, 4 / 3)
 
-        self.global1 = v2.Compose([crop(g, global_scale), *geo, *colour, *_blur(g, blur_p), *norm])
+        def crop(size: int, scale: tuple[float, float]) -> nn.Module:
+            return v2.RandomResizedCrop(size, scale=tuple(scale), ratio=ratio, antialias=True)
+
+        self.global1 = v2.Compose(
+            [*first, crop(g, global_scale), *geo, *colour, *_blur(g, blur_p), *norm]
+        )
         self.global2 = v2.Compose(
-            [crop(g, global_scale), *geo, *colour, *_blur(g, 0.1 * blur_p), *solarize, *norm]
+            [*first, crop(g, global_scale), *geo, *colour, *_blur(g, 0.1 * blur_p), *solarize]
+            + norm
         )
         ls = self.local_size
         self.local = v2.Compose(
-            [crop(ls, local_scale), *geo, *colour, *_blur(ls, 0.5 * blur_p), *norm]
+            [*first, crop(ls, local_scale), *geo, *colour, *_blur(ls, 0.5 * blur_p), *norm]
         )
 
     def __call__(self, image: Tensor) -> dict[str, list[Tensor]]:
@@ -258,13 +319,27 @@ class EvalTransform:
     """Deterministic preprocessing for features: resize the short side, centre-crop, normalise.
 
     (C, H, W) uint8 or float32 -> float (C, size, size). The same steps are written into the
-    export's ``config.json`` (crop_pct 1.0) so that timm's data config reproduces them.
+    export's ``config.json`` (crop_pct 1.0) so that timm's data config reproduces them. With
+    ``clip`` (per-channel (low, high), from ``data.clip``), values are clipped first, as in
+    training; timm's data config cannot express that, ``acclimate.load`` applies it.
     """
 
-    def __init__(self, size: int, mean: Sequence[float], std: Sequence[float]) -> None:
+    def __init__(
+        self,
+        size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        clip: Clip | None = None,
+    ) -> None:
         self.size = size
+        self.clip = clip
         self.t = v2.Compose(
-            [v2.Resize(size, antialias=True), v2.CenterCrop(size), *_to_float(mean, std)]
+            [
+                *_clip(clip, len(mean)),
+                v2.Resize(size, antialias=True),
+                v2.CenterCrop(size),
+                *_to_float(mean, std),
+            ]
         )
 
     def __call__(self, image: Tensor) -> Tensor:

@@ -40,6 +40,7 @@ def export_backbone(
     source: str | None = None,
     bands: list[str] | None = None,
     statistics: dict[str, Any] | None = None,
+    clip: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``backbone`` (a timm model with ``num_classes=0``) as an export folder.
 
@@ -48,6 +49,9 @@ def export_backbone(
     ``bands`` (names of the input channels in order) and ``statistics`` (per-channel mean, std,
     min, max and percentiles of the training data, from ``acclimate.data.stats``) are recorded
     in ``acclimate.json`` with how the files were read (band selection, window, slice axis).
+    ``clip`` (``data.clip``: {"percentiles", "low", "high"}) is recorded as ``clip``; values are
+    clipped per channel to [low, high] before normalisation (``acclimate.load`` does it; timm's
+    data config cannot express it).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -73,7 +77,11 @@ def export_backbone(
         "mean": list(mean),
         "std": list(std),
         "preprocessing": "resize short side to image_size (bilinear, antialias), centre crop, "
-        "scale to [0, 1], subtract mean, divide by std",
+        "scale to [0, 1], subtract mean, divide by std"
+        if clip is None
+        else "scale 8-bit to [0, 1], clip each channel to [clip.low, clip.high], resize short "
+        "side to image_size (bilinear, antialias), centre crop, subtract mean, divide by std",
+        "clip": clip,
         "feature_kinds": ["pooled", "cls", "patch"]
         if hasattr(model, "blocks")
         else ["pooled", "patch"],

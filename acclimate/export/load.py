@@ -31,7 +31,9 @@ class Extractor:
 
     ``features`` and ``predict`` take image paths, PIL images, numpy arrays (H, W[, C]) uint8 or
     uint8 tensors (C, H, W) / (B, C, H, W); preprocessing is applied for you. Image files are
-    read with ``options`` (band selection, window, slice axis: the export's ``reader``).
+    read with ``options`` (band selection, window, slice axis: the export's ``reader``), and
+    every input is clipped per channel to ``clip`` (the export's ``clip``: ``data.clip``'s
+    bounds) before normalisation, as in training.
     """
 
     model: nn.Module
@@ -42,10 +44,11 @@ class Extractor:
     probe_info: dict[str, dict[str, Any]] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
     options: ReadOptions = DEFAULT_OPTIONS
+    clip: tuple[list[float], list[float]] | None = None
 
     def __post_init__(self) -> None:
         self.model.eval()
-        self.transform = EvalTransform(self.image_size, self.mean, self.std)
+        self.transform = EvalTransform(self.image_size, self.mean, self.std, self.clip)
 
     @property
     def channels(self) -> int:
@@ -120,7 +123,16 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Extractor:
         info,
         meta,
         reader_options(meta),
+        clip_bounds(meta),
     )
+
+
+def clip_bounds(meta: dict[str, Any]) -> tuple[list[float], list[float]] | None:
+    """Per-channel (low, high) clipping bounds of an export's or checkpoint's ``clip``."""
+    clip = meta.get("clip")
+    if not clip:
+        return None
+    return [float(v) for v in clip["low"]], [float(v) for v in clip["high"]]
 
 
 def reader_options(meta: dict[str, Any]) -> ReadOptions:
@@ -142,6 +154,7 @@ class ResolvedModel:
     description: str
     metadata: dict[str, Any] = field(default_factory=dict)
     options: ReadOptions = DEFAULT_OPTIONS  # how to read image files for this model
+    clip: tuple[list[float], list[float]] | None = None  # per-channel bounds before normalising
 
 
 def resolve_model(
@@ -170,6 +183,7 @@ def resolve_model(
             f"export {p}",
             ex.meta,
             ex.options,
+            ex.clip,
         )
     if p.is_dir() and (p / "checkpoints" / "last.ckpt").is_file():
         p = p / "checkpoints" / "last.ckpt"
@@ -188,6 +202,7 @@ def resolve_model(
             f"checkpoint {p} ({which})",
             meta,
             reader_options(meta),
+            clip_bounds(meta),
         )
     if p.exists():
         raise AcclimateError(
