@@ -65,6 +65,17 @@ def _vit() -> torch.nn.Module:
     return create_backbone("test_vit")
 
 
+# KoLeo is per rank by design (off here); every image masked so masks do not depend on the split
+DINOV2_SMALL = dict(
+    out_dim=32,
+    hidden_dim=32,
+    bottleneck_dim=16,
+    momentum_teacher=0.9,
+    freeze_last_layer_epochs=0,
+    koleo_weight=0.0,
+    mask_prob=1.0,
+)
+
 CASES: dict[str, tuple[str, Maker]] = {
     # name -> (METHODS key, constructor); momentum < 1 so the EMA updates are visible
     "dino": (
@@ -124,35 +135,11 @@ CASES: dict[str, tuple[str, Maker]] = {
             _vit(), bs, _optim(), teacher_name="test_resnet", teacher_weights=None
         ),
     ),
-    "dinov2": (
-        "dinov2",
-        lambda bs: METHODS["dinov2"](
-            _vit(),
-            bs,
-            _optim(),
-            out_dim=32,
-            hidden_dim=32,
-            bottleneck_dim=16,
-            momentum_teacher=0.9,
-            freeze_last_layer_epochs=0,
-            koleo_weight=0.0,
-            mask_prob=1.0,
-        ),
-    ),
+    "dinov2": ("dinov2", lambda bs: METHODS["dinov2"](_vit(), bs, _optim(), **DINOV2_SMALL)),
     "dinov2_sinkhorn": (
         "dinov2",
         lambda bs: METHODS["dinov2"](
-            _vit(),
-            bs,
-            _optim(),
-            out_dim=32,
-            hidden_dim=32,
-            bottleneck_dim=16,
-            momentum_teacher=0.9,
-            freeze_last_layer_epochs=0,
-            koleo_weight=0.0,
-            mask_prob=1.0,
-            centering="sinkhorn_knopp",
+            _vit(), bs, _optim(), **DINOV2_SMALL, centering="sinkhorn_knopp"
         ),
     ),
     "mae": (

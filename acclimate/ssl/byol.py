@@ -3,15 +3,13 @@ NeurIPS 2020), set up for continuing from a pretrained backbone."""
 
 from __future__ import annotations
 
-import copy
-
 from torch import Tensor, nn
 
 from acclimate.backbones import feature_dim
 from acclimate.ssl.heads import MLPHead
 from acclimate.ssl.losses import BYOLLoss
 from acclimate.ssl.optim import OptimSettings
-from acclimate.ssl.two_view import MomentumModule, two_views
+from acclimate.ssl.two_view import MomentumModule
 
 
 class BYOL(MomentumModule):
@@ -44,26 +42,14 @@ class BYOL(MomentumModule):
         momentum_end: float = 1.0,
     ) -> None:
         super().__init__(backbone, batch_size, optim)
-        self.check_momentum(momentum, momentum_end)
         self.save_method_hparams()
-        self.momentum_start, self.momentum_end = momentum, momentum_end
         in_dim = feature_dim(backbone)
-        self.projector = MLPHead(in_dim, hidden_dim, dim, sync_bn=sync_bn_in_head)
-        self.predictor = MLPHead(dim, hidden_dim, dim, sync_bn=sync_bn_in_head)
-        self.teacher_backbone = copy.deepcopy(backbone).requires_grad_(False)
-        self.teacher_projector = copy.deepcopy(self.projector).requires_grad_(False)
+        projector = MLPHead(in_dim, hidden_dim, dim, sync_bn=sync_bn_in_head)
+        predictor = MLPHead(dim, hidden_dim, dim, sync_bn=sync_bn_in_head)
+        self.init_momentum(momentum, momentum_end, projector, predictor)
         self.criterion = BYOLLoss()
 
-    def head_modules(self) -> list[nn.Module]:
-        return [self.projector, self.predictor]
-
-    def ema_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
-        return [(self.teacher_backbone, self.backbone), (self.teacher_projector, self.projector)]
-
     def training_step(self, batch: tuple[dict, Tensor], batch_idx: int) -> Tensor:
-        views = list(two_views(batch))
-        p1, p2 = (self.predictor(z) for z in self.online_forward(views, self.projector))
-        z1, z2 = self.teacher_forward(views, self.teacher_projector)
-        loss = self.criterion(p1, p2, z1, z2)
+        loss = self.criterion(*self.predictions_and_targets(batch))
         self.log_loss(loss, {"byol/momentum": self.teacher_momentum()})
         return loss

@@ -3,15 +3,13 @@ ICCV 2021), set up for continuing from a pretrained backbone."""
 
 from __future__ import annotations
 
-import copy
-
 from torch import Tensor, nn
 
 from acclimate.backbones import feature_dim
 from acclimate.ssl.heads import MLPHead
 from acclimate.ssl.losses import MoCoV3Loss
 from acclimate.ssl.optim import OptimSettings
-from acclimate.ssl.two_view import MomentumModule, two_views
+from acclimate.ssl.two_view import MomentumModule
 
 
 class MoCoV3(MomentumModule):
@@ -50,10 +48,8 @@ class MoCoV3(MomentumModule):
         momentum_end: float = 1.0,
     ) -> None:
         super().__init__(backbone, batch_size, optim)
-        self.check_momentum(momentum, momentum_end)
         self.save_method_hparams()
-        self.momentum_start, self.momentum_end = momentum, momentum_end
-        self.projector = MLPHead(
+        projector = MLPHead(
             feature_dim(backbone),
             hidden_dim,
             dim,
@@ -61,23 +57,11 @@ class MoCoV3(MomentumModule):
             last_bn=True,
             sync_bn=sync_bn_in_head,
         )
-        self.predictor = MLPHead(
-            dim, hidden_dim, dim, n_layers=pred_layers, sync_bn=sync_bn_in_head
-        )
-        self.teacher_backbone = copy.deepcopy(backbone).requires_grad_(False)
-        self.teacher_projector = copy.deepcopy(self.projector).requires_grad_(False)
+        predictor = MLPHead(dim, hidden_dim, dim, n_layers=pred_layers, sync_bn=sync_bn_in_head)
+        self.init_momentum(momentum, momentum_end, projector, predictor)
         self.criterion = MoCoV3Loss(temperature)
 
-    def head_modules(self) -> list[nn.Module]:
-        return [self.projector, self.predictor]
-
-    def ema_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
-        return [(self.teacher_backbone, self.backbone), (self.teacher_projector, self.projector)]
-
     def training_step(self, batch: tuple[dict, Tensor], batch_idx: int) -> Tensor:
-        views = list(two_views(batch))
-        q1, q2 = (self.predictor(z) for z in self.online_forward(views, self.projector))
-        k1, k2 = self.teacher_forward(views, self.teacher_projector)
-        loss = self.criterion(q1, q2, k1, k2)
+        loss = self.criterion(*self.predictions_and_targets(batch))  # q1, q2, k1, k2
         self.log_loss(loss, {"moco/momentum": self.teacher_momentum()})
         return loss

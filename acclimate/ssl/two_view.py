@@ -3,6 +3,8 @@ batch and the momentum (EMA) encoder."""
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import Tensor, nn
 
@@ -28,10 +30,31 @@ class MomentumModule(MomentumTeacherModule):
     --student`` gives the online one, which the MoCo v3 and BYOL papers evaluate).
     """
 
-    @staticmethod
-    def check_momentum(start: float, end: float) -> None:
+    def init_momentum(
+        self, start: float, end: float, projector: nn.Module, predictor: nn.Module
+    ) -> None:
+        """Set the momentum schedule and the heads; the momentum encoder starts as copies of the
+        (pretrained) backbone and of the projector."""
         if not 0.0 <= start <= end <= 1.0:
             raise ValueError(f"need 0 <= momentum <= momentum_end <= 1, got {start} and {end}")
+        self.momentum_start, self.momentum_end = start, end
+        self.projector, self.predictor = projector, predictor
+        self.teacher_backbone = copy.deepcopy(self.backbone).requires_grad_(False)
+        self.teacher_projector = copy.deepcopy(projector).requires_grad_(False)
+
+    def head_modules(self) -> list[nn.Module]:
+        return [self.projector, self.predictor]
+
+    def ema_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        return [(self.teacher_backbone, self.backbone), (self.teacher_projector, self.projector)]
+
+    def predictions_and_targets(self, batch: tuple[dict, Tensor]) -> tuple[Tensor, ...]:
+        """(p1, p2, z1, z2): online predictions of both views (B, dim) and the momentum
+        encoder's projections of both views (B, dim, no gradient)."""
+        views = list(two_views(batch))
+        p1, p2 = (self.predictor(z) for z in self.online_forward(views, self.projector))
+        z1, z2 = self.teacher_forward(views, self.teacher_projector)
+        return p1, p2, z1, z2
 
     def online_forward(self, views: list[Tensor], head: nn.Module) -> list[Tensor]:
         """V views (B, C, H, W) -> V (B, D) projections: one backbone pass on the concatenated
