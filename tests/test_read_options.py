@@ -61,7 +61,8 @@ def test_window_reaches_training_checkpoint_export_and_eval(tmp_path, capsys, ca
     export = tmp_path / "export"
     assert main(["export", str(run), "--out", str(export)]) == 0
     ex = acclimate.load(export)
-    assert ex.options == ReadOptions(window=(WINDOW[0], WINDOW[1]))
+    # missing values are filled with the training mean (readers.py, "Missing values")
+    assert ex.options == ReadOptions(window=(WINDOW[0], WINDOW[1]), nodata_fill=tuple(ex.mean))
     assert resolve_model(str(export)).options == ex.options
 
     # the pixels training read == what the export and the evaluation read

@@ -72,13 +72,15 @@ class ImageDataset(Dataset):
     float32.
 
     When an item cannot be used (missing, corrupt, truncated, wrong band count or pixel type,
-    and with ``skip_constant`` all one value), the file is reported once per process (a WARNING,
+    mostly nodata, declaring more than ``data.max_pixels`` pixels, and with ``skip_constant``
+    all one value), the file is reported once per process (a WARNING,
     and a ``path<TAB>[reason] message`` line appended to ``bad_file_log``) and the next
     readable item is returned instead (``on_bad="next"``, for training). With ``on_bad="drop"``
     (evaluation, embeddings: no image may stand in for another) items are
     ``(transform(image), label, index)`` and a bad item is ``None``; ``collate_kept`` drops
-    those from a batch. ``n_bad`` counts the distinct bad items this process met; DataLoader
-    workers each keep their own count, so use ``read_bad_file_log`` for a run total.
+    those from a batch. ``n_bad`` counts the distinct bad items this process met and ``bad``
+    maps their indices to reasons; DataLoader workers each keep their own, so use
+    ``read_bad_file_log`` for a run total.
     """
 
     max_tries = 50  # consecutive unreadable items before giving up with a DataError
@@ -101,7 +103,7 @@ class ImageDataset(Dataset):
         if self.bad_file_log is not None:
             self.bad_file_log.parent.mkdir(parents=True, exist_ok=True)
         self.n_bad = 0
-        self._bad: set[int] = set()
+        self.bad: dict[int, str] = {}
 
     def __len__(self) -> int:
         return len(self.source)
@@ -121,7 +123,7 @@ class ImageDataset(Dataset):
                 raise
             except Exception as exc:  # decoders raise OSError, ValueError, SyntaxError, ...
                 last_error = describe_error(exc)
-                self._report_bad(i, bad_reason(exc), last_error)
+                self.report_bad(i, bad_reason(exc), last_error)
                 continue
             label = int(self.source.labels[i])
             image = image if self.transform is None else self.transform(image)
@@ -134,24 +136,23 @@ class ImageDataset(Dataset):
             "run `acclimate stats` on the source and fix or remove the bad files"
         )
 
-    def _report_bad(self, i: int, reason: str, text: str) -> None:
-        if i in self._bad:
+    def report_bad(self, i: int, reason: str, text: str) -> None:
+        """Record item ``i`` as bad (once): a WARNING and a line in ``bad_file_log``. Also for
+        problems found after reading, e.g. features that are not finite (``eval/features.py``)."""
+        if i in self.bad:
             return
-        self._bad.add(i)
+        self.bad[i] = reason
         self.n_bad += 1
         where = self.source.describe(i)
+        what = "leaving out image" if reason == "not finite" else "skipping unreadable image"
         if self.bad_file_log is None:
-            log.warning("skipping unreadable image %s ([%s] %s)", where, reason, text)
+            log.warning("%s %s ([%s] %s)", what, where, reason, text)
         elif append_bad_file(self.bad_file_log, where, reason, text):
             log.warning(
-                "skipping unreadable image %s ([%s] %s); listed in %s",
-                where,
-                reason,
-                text,
-                self.bad_file_log,
+                "%s %s ([%s] %s); listed in %s", what, where, reason, text, self.bad_file_log
             )
         else:  # met by another worker or epoch
-            log.debug("skipping unreadable image %s (already logged)", where)
+            log.debug("%s %s (already logged)", what, where)
 
 
 def collate_kept(batch: list[Any]) -> tuple[Any, torch.Tensor, torch.Tensor] | None:

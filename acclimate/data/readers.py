@@ -7,7 +7,7 @@ Readers only decode; finding images and labels is the job of ``sources.py``. Wha
 
   - integer data wider than 8 bits (16-bit PNG/TIFF, Sentinel-2 uint16, ...): ``value / dtype max``,
     so uint16 maps to [0, 1] (a Sentinel-2 reflectance of 10000 becomes 0.1526);
-  - float TIFF data: as stored (NaN becomes 0);
+  - float TIFF data: as stored;
   - DICOM: stored values -> physical units with RescaleSlope/RescaleIntercept, then the window
     (``window`` of the recipe, else the file's WindowCenter/WindowWidth, else the full stored bit
     range) maps them to [0, 1] (DICOM PS3.3 C.11.2.1.2, linear); MONOCHROME1 is inverted so that
@@ -15,6 +15,19 @@ Readers only decode; finding images and labels is the job of ``sources.py``. Wha
   - NIfTI: the slice in physical units (``scl_slope``/``scl_inter`` applied), float32;
   - with ``window: [centre, width]`` in a recipe, any format's raw values go through that window
     to [0, 1] instead.
+
+**Missing values (nodata).** A value is missing when it is NaN or +/-inf, when a float has
+``|v| >= 3.4e38`` (GDAL's usual nodata, -3.4028235e38 = -FLT_MAX), when it equals the file's
+GDAL nodata (TIFF tag 42113, GDAL_NODATA) or when it equals ``ReadOptions.nodata`` (the
+recipe's ``data.nodata``); both are compared with the values as the file stores them. An image
+with more than ``MAX_NODATA_FRACTION`` of its values missing is a bad item (reason ``nodata``);
+otherwise the missing values are filled with ``ReadOptions.nodata_fill`` (per channel; ``mean``
+before the training statistics are known: the image's own channel mean) and the image is float32.
+Statistics read with ``keep_missing`` and get NaN instead, so nodata never enters a mean.
+
+**Decompression bombs.** An image declaring more than ``ReadOptions.max_pixels`` pixels (width x
+height, x the frames of a TIFF stack) is a bad item (reason ``too large``), checked from the
+header before anything is decoded; so is one that PIL itself refuses as a decompression bomb.
 
 ``channels`` is the band count every image must end with: 1 and 3 convert (gray <-> RGB), any
 other count must match the file's (selected) bands. ``ReadOptions.bands`` selects bands by index
@@ -27,11 +40,14 @@ multi-band TIFF, ``pip install 'acclimate[medical]'`` (pydicom, nibabel) for DIC
 from __future__ import annotations
 
 import importlib
+import math
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import Literal
 
 import numpy as np
 import torch
@@ -51,7 +67,25 @@ _WIDE_GRAY_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
 _PIL_8BIT = frozenset({"L", "RGB"})
 
 # Why an item was skipped; bad_files.txt and the run log count items per reason.
-BAD_REASONS = ("missing", "unreadable", "truncated", "band_count", "dtype", "constant")
+BAD_REASONS = (
+    "missing",
+    "unreadable",
+    "truncated",
+    "band_count",
+    "dtype",
+    "constant",
+    "nodata",  # more than MAX_NODATA_FRACTION of the values are missing
+    "too large",  # the header declares more than ReadOptions.max_pixels pixels
+    "not finite",  # the features of the image are not finite (eval, embed)
+)
+
+# Floats at least this large in magnitude are nodata: GDAL writes -FLT_MAX (-3.4028235e38) into
+# empty areas of float rasters; no measurement is that large.
+NODATA_LIMIT = 3.4e38
+MAX_NODATA_FRACTION = 0.5  # an image with more of its values missing is skipped ("nodata")
+# 8192 x 8192: a quarter of PIL's own error limit (2 x Image.MAX_IMAGE_PIXELS, about 179 M)
+DEFAULT_MAX_PIXELS = 8192 * 8192
+GDAL_NODATA_TAG = 42113
 
 
 class DataError(AcclimateError):
@@ -87,6 +121,8 @@ def bad_reason(exc: BaseException) -> str:
         return exc.reason
     if isinstance(exc, FileNotFoundError):
         return "missing"
+    if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+        return "too large"
     text = str(exc).lower()
     if isinstance(exc, EOFError) or any(
         w in text
@@ -106,18 +142,38 @@ class ReadOptions:
             uses the GeoTIFF band descriptions when present.
         window: (centre, width) in raw or physical units (HU for CT); maps values to [0, 1].
         slice_axis: axis along which NIfTI volumes are cut into 2D slices (2 = axial for RAS).
+        nodata: one more stored value that means "no data" (besides NaN, inf, |v| >= 3.4e38
+            and the file's GDAL nodata tag); None: no other.
+        nodata_fill: what missing values become, in the units the readers return: a number, one
+            number per channel (training records its channel means here), or ``mean``: each
+            image's own channel mean of the valid values.
+        max_pixels: images declaring more pixels than this (width x height) are skipped.
+        keep_missing: leave missing values as NaN instead of filling them (statistics).
     """
 
     bands: tuple[int | str, ...] | None = None
     band_names: tuple[str, ...] | None = None
     window: tuple[float, float] | None = None
     slice_axis: int = 2
+    nodata: float | None = None
+    nodata_fill: float | tuple[float, ...] | Literal["mean"] = "mean"
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    keep_missing: bool = False
 
     def __post_init__(self) -> None:
         if self.window is not None and (len(self.window) != 2 or self.window[1] <= 1):
             raise DataError(f"window must be [centre, width] with width > 1, got {self.window}")
         if self.bands is not None and len(self.bands) == 0:
             raise DataError("bands is empty: list the bands to keep, or leave it out for all")
+        if isinstance(self.max_pixels, bool) or int(self.max_pixels) < 1:
+            raise DataError(f"max_pixels must be a positive pixel count, got {self.max_pixels}")
+        fill = self.nodata_fill
+        if fill != "mean":
+            values = fill if isinstance(fill, tuple) else (fill,)
+            if not values or not all(math.isfinite(float(v)) for v in values):  # type: ignore[arg-type]
+                raise DataError(
+                    f"nodata_fill must be 'mean' or finite number(s), got {self.nodata_fill!r}"
+                )
 
     @classmethod
     def from_dict(cls, d: dict | None) -> ReadOptions:
@@ -125,26 +181,41 @@ class ReadOptions:
         keys take their defaults); other keys are ignored."""
         d = d or {}
         bands, names, window = d.get("bands"), d.get("band_names"), d.get("window")
+        fill = d.get("nodata_fill")
+        if fill is None or fill == "mean":
+            fill = "mean"
+        elif isinstance(fill, (list, tuple)):
+            fill = tuple(float(v) for v in fill)
+        else:
+            fill = float(fill)
         return cls(
             bands=None if bands is None else tuple(bands),
             band_names=None if names is None else tuple(names),
             window=None if window is None else (float(window[0]), float(window[1])),
             slice_axis=2 if d.get("slice_axis") is None else int(d["slice_axis"]),
+            nodata=None if d.get("nodata") is None else float(d["nodata"]),
+            nodata_fill=fill,
+            max_pixels=DEFAULT_MAX_PIXELS if d.get("max_pixels") is None else int(d["max_pixels"]),
         )
 
     def to_dict(self) -> dict:
-        """JSON-ready form (lists), the inverse of ``from_dict``."""
+        """JSON-ready form (lists), the inverse of ``from_dict`` (``keep_missing`` is left
+        out: it is for statistics only)."""
+        fill = self.nodata_fill
         return {
             "bands": None if self.bands is None else list(self.bands),
             "band_names": None if self.band_names is None else list(self.band_names),
             "window": None if self.window is None else list(self.window),
             "slice_axis": self.slice_axis,
+            "nodata": self.nodata,
+            "nodata_fill": list(fill) if isinstance(fill, tuple) else fill,
+            "max_pixels": self.max_pixels,
         }
 
     @property
     def plain(self) -> bool:
         """True when nothing but 8-bit gray/RGB conversion is asked for."""
-        return self.bands is None and self.window is None
+        return self.bands is None and self.window is None and self.nodata is None
 
 
 DEFAULT_OPTIONS = ReadOptions()
@@ -243,7 +314,100 @@ def _scale(array: np.ndarray, window: tuple[float, float] | None) -> np.ndarray:
         return array
     if array.dtype.kind in "ui":
         return (array.astype(np.float32) / np.float32(np.iinfo(array.dtype).max)).astype(np.float32)
-    return np.nan_to_num(array.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    with np.errstate(over="ignore"):  # float64 beyond float32's range: nodata (inf) anyway
+        return np.nan_to_num(array.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def parse_nodata(text: object) -> float | None:
+    """A GDAL nodata tag value (ASCII, e.g. ``"-9999"``, ``"nan"``) as a float; None if empty
+    or not a number."""
+    if isinstance(text, bytes):
+        text = text.decode("ascii", "ignore")
+    try:
+        return float(str(text).strip().strip("\x00"))
+    except ValueError:
+        return None
+
+
+def _equal_to(array: np.ndarray, value: float) -> np.ndarray | None:
+    """Where ``array`` holds ``value`` as its own dtype stores it; None when it cannot."""
+    if math.isnan(value):
+        return None  # NaN is missing in every float array anyway; integers hold none
+    if array.dtype.kind in "ui":
+        info = np.iinfo(array.dtype)
+        if not float(value).is_integer() or not info.min <= value <= info.max:
+            return None
+        return array == array.dtype.type(int(value))
+    if array.dtype.kind == "f":
+        with np.errstate(over="ignore"):
+            stored = np.array(value, dtype=array.dtype)  # as the file writes it (e.g. float32)
+        return array == stored
+    return None
+
+
+def missing_values(
+    array: np.ndarray, file_nodata: float | None, options: ReadOptions
+) -> np.ndarray | None:
+    """Mask (same shape as ``array``, raw stored values) of the missing values, None if none:
+    non-finite or ``|v| >= NODATA_LIMIT`` floats, the file's nodata and ``options.nodata``."""
+    mask = None
+    if array.dtype.kind == "f":
+        with np.errstate(invalid="ignore", over="ignore"):
+            mask = ~np.isfinite(array) | (np.abs(array) >= NODATA_LIMIT)
+    for value in (file_nodata, options.nodata):
+        hit = None if value is None else _equal_to(array, value)
+        if hit is not None:
+            mask = hit if mask is None else mask | hit
+    if mask is None or not mask.any():
+        return None
+    return mask
+
+
+def _mark_missing(scaled: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """Scaled (C, H, W) values with NaN where ``mask``; uint8 becomes float32 in [0, 1]."""
+    if mask is None:
+        return scaled
+    out = scaled.astype(np.float32) / 255.0 if scaled.dtype == np.uint8 else scaled
+    return np.where(mask, np.float32(np.nan), out).astype(np.float32)
+
+
+def fill_missing(image: torch.Tensor, options: ReadOptions = DEFAULT_OPTIONS) -> torch.Tensor:
+    """Fill the missing values (NaN) of a (C, H, W) image with ``options.nodata_fill``.
+
+    Raises BadImage("nodata") when more than ``MAX_NODATA_FRACTION`` of the values are
+    missing; with ``options.keep_missing`` the NaNs are kept (for statistics). Images without
+    missing values (all uint8 ones) are returned as they are.
+    """
+    if not image.is_floating_point():
+        return image
+    missing = torch.isnan(image)
+    n = int(missing.sum())
+    if n == 0:
+        return image
+    fraction = n / image.numel()
+    if fraction > MAX_NODATA_FRACTION:
+        raise BadImage(
+            "nodata",
+            f"{fraction:.0%} of the {image.numel()} values are nodata (NaN, inf, |v| >= "
+            f"{NODATA_LIMIT:g}, the file's GDAL nodata or data.nodata): too little left to use",
+        )
+    if options.keep_missing:
+        return image
+    c = image.shape[0]
+    fill = options.nodata_fill
+    if fill == "mean":
+        valid = (~missing).sum(dim=(1, 2))
+        total = torch.where(missing, 0.0, image).sum(dim=(1, 2))
+        overall = float(total.sum() / valid.sum())
+        values = torch.where(valid > 0, total / valid.clamp(min=1), overall)
+    else:
+        values = torch.as_tensor(fill if isinstance(fill, tuple) else (fill,) * c)
+        if values.numel() != c:
+            raise DataError(
+                f"nodata_fill has {values.numel()} values but the image has {c} channel(s)"
+            )
+    values = values.to(image.dtype)[:, None, None].expand_as(image)
+    return torch.where(missing, values, image)
 
 
 def _select_bands(
@@ -296,8 +460,41 @@ def _to_channels(array: np.ndarray, channels: int) -> torch.Tensor:
 # ----------------------------------------------------------------------------- formats
 
 
+def too_large(pixels: int, what: str, options: ReadOptions) -> BadImage | None:
+    """BadImage("too large") when ``pixels`` exceeds ``options.max_pixels``, else None."""
+    if pixels <= options.max_pixels:
+        return None
+    return BadImage(
+        "too large",
+        f"{what} = {pixels:,} pixels, more than data.max_pixels = {options.max_pixels:,} "
+        "(a decompression bomb or a huge scene): tile it, or raise data.max_pixels",
+    )
+
+
+def _open_pil(path: str | Path, options: ReadOptions) -> Image.Image:
+    """Open (header only) with the pixel limit checked before anything is decoded."""
+    with warnings.catch_warnings():
+        # data.max_pixels decides; PIL's own warning (at Image.MAX_IMAGE_PIXELS) would only
+        # repeat it, or contradict a limit raised on purpose
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(path)
+        except Image.DecompressionBombError as exc:
+            raise BadImage(
+                "too large", f"{exc} (PIL's limit, Image.MAX_IMAGE_PIXELS, applies too)"
+            ) from None
+    error = too_large(image.width * image.height, f"{image.width} x {image.height}", options)
+    if error is not None:
+        image.close()
+        raise error
+    return image
+
+
 def _read_pil(path: str | Path, channels: int, options: ReadOptions) -> torch.Tensor:
-    with Image.open(path) as image:
+    with _open_pil(path, options) as image:
+        tags = getattr(image, "tag_v2", None)  # TIFF only
+        tag = None if tags is None else tags.get(GDAL_NODATA_TAG)
+        file_nodata = None if tag is None else parse_nodata(tag)
         if image.mode in _WIDE_GRAY_MODES:
             wide = np.asarray(image)
             if image.mode == "I":  # 16-bit PNGs decode as 32-bit "I" in some Pillow versions
@@ -305,7 +502,7 @@ def _read_pil(path: str | Path, channels: int, options: ReadOptions) -> torch.Te
             array = wide.astype(wide.dtype.newbyteorder("="))[None]
         elif image.mode == "F":
             array = np.asarray(image)[None]
-        elif options.plain and channels in (1, 3):  # the 8-bit fast path
+        elif options.plain and channels in (1, 3) and file_nodata is None:  # the 8-bit fast path
             array = np.array(image.convert("L" if channels == 1 else "RGB"))  # writable copy
             return to_uint8_tensor(array, channels)
         else:
@@ -316,7 +513,9 @@ def _read_pil(path: str | Path, channels: int, options: ReadOptions) -> torch.Te
             if options.bands is None and channels == 3 and array.shape[0] == 4:
                 array = array[:3]  # RGBA -> RGB as PIL's convert does
     array = _select_bands(array, None, options)
-    return _to_channels(_scale(array, options.window), channels)
+    mask = missing_values(array, file_nodata, options)
+    out = _mark_missing(_scale(array, options.window), mask)
+    return fill_missing(_to_channels(out, channels), options)
 
 
 _GDAL_DESCRIPTION = re.compile(
@@ -345,8 +544,17 @@ def _read_tiff(path: str | Path, channels: int, options: ReadOptions) -> torch.T
     with tifffile.TiffFile(path) as tif:
         series = tif.series[0]
         axes = series.axes
+        shape = tuple(int(n) for n in series.shape)
+        bands = next((shape[axes.index(a)] for a in "SC" if a in axes), 1)
+        error = too_large(
+            math.prod(shape) // max(bands, 1), " x ".join(map(str, shape)) + f" ({axes})", options
+        )
+        if error is not None:
+            raise error
         array = series.asarray()
         names = _gdal_names(tif)
+        tag = tif.pages[0].tags.get(GDAL_NODATA_TAG)
+        file_nodata = None if tag is None else parse_nodata(tag.value)
     for a in "TZQI":  # stacks: keep the first plane
         while a in axes and array.ndim > 2:
             array = np.take(array, 0, axis=axes.index(a))
@@ -359,7 +567,9 @@ def _read_tiff(path: str | Path, channels: int, options: ReadOptions) -> torch.T
     else:
         raise BadImage("band_count", f"TIFF data of shape {array.shape} ({axes}) is not 2D")
     array = _select_bands(array, names, options)
-    return _to_channels(_scale(array, options.window), channels)
+    mask = missing_values(array, file_nodata, options)
+    out = _mark_missing(_scale(array, options.window), mask)
+    return fill_missing(_to_channels(out, channels), options)
 
 
 def _read_dicom(path: str | Path, channels: int, options: ReadOptions) -> torch.Tensor:
@@ -367,14 +577,22 @@ def _read_dicom(path: str | Path, channels: int, options: ReadOptions) -> torch.
     ds = pydicom.dcmread(path)
     if "PixelData" not in ds:
         raise BadImage("unreadable", "DICOM file holds no pixel data")
+    rows, cols = int(getattr(ds, "Rows", 0) or 0), int(getattr(ds, "Columns", 0) or 0)
+    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    error = too_large(rows * cols * frames, f"{frames} frame(s) of {cols} x {rows}", options)
+    if error is not None:
+        raise error
     pixels = ds.pixel_array
     if int(getattr(ds, "SamplesPerPixel", 1)) > 1:  # colour DICOM (photos, ultrasound)
         if pixels.ndim == 4:
             pixels = pixels[0]
         array = _select_bands(np.moveaxis(pixels, -1, 0), None, options)
-        return _to_channels(_scale(array, options.window), channels)
+        mask = missing_values(array, None, options)
+        out = _mark_missing(_scale(array, options.window), mask)
+        return fill_missing(_to_channels(out, channels), options)
     if pixels.ndim == 3:  # multi-frame: the first frame
         pixels = pixels[0]
+    mask = missing_values(pixels[None], None, options)
     slope = float(getattr(ds, "RescaleSlope", 1) or 1)
     intercept = float(getattr(ds, "RescaleIntercept", 0) or 0)
     physical = pixels.astype(np.float64) * slope + intercept
@@ -382,7 +600,7 @@ def _read_dicom(path: str | Path, channels: int, options: ReadOptions) -> torch.
     out = apply_window(physical, *window)
     if str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
         out = 1.0 - out
-    return _to_channels(out[None], channels)
+    return fill_missing(_to_channels(_mark_missing(out[None], mask), channels), options)
 
 
 def _first(value: object) -> float:
@@ -422,6 +640,10 @@ def _read_nifti(
     nib = require("nibabel", "medical", "NIfTI volumes")
     image = nib.load(path)
     shape = image.shape
+    plane = [n for k, n in enumerate(shape[:3]) if len(shape) == 2 or k != options.slice_axis]
+    error = too_large(math.prod(plane), " x ".join(map(str, plane)) + " slice", options)
+    if error is not None:
+        raise error
     if len(shape) == 2:
         data = np.asarray(image.dataobj)
     else:
@@ -432,11 +654,12 @@ def _read_nifti(
     _check_dtype(data)
     if data.ndim != 2:
         raise BadImage("band_count", f"NIfTI slice of shape {data.shape} is not 2D")
+    mask = missing_values(data[None], None, options)
     if options.window is not None:
         data = apply_window(data, *options.window)
     else:
         data = np.nan_to_num(data.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
-    return _to_channels(data[None], channels)
+    return fill_missing(_to_channels(_mark_missing(data[None], mask), channels), options)
 
 
 def read_image(
@@ -447,8 +670,10 @@ def read_image(
 ) -> torch.Tensor:
     """Decode an image file into (channels, H, W): uint8 for 8-bit data, else float32.
 
-    ``index`` is the slice of a volume (NIfTI). Raises BadImage (with a ``reason``) for wrong
-    band counts and pixel types, MissingExtra when an optional reader is not installed, and
+    ``index`` is the slice of a volume (NIfTI). Missing values (nodata) are filled, see the
+    module docstring. Raises BadImage (with a ``reason``) for wrong band counts and pixel types,
+    mostly-nodata images and images declaring more than ``options.max_pixels`` pixels (before
+    decoding), MissingExtra when an optional reader is not installed, and
     whatever the decoder raises on a missing, truncated or unidentifiable file; ``ImageDataset``
     turns those into skips.
     """

@@ -3,10 +3,17 @@ percentiles for clipping, in one streaming pass over a random sample.
 
 Values are in the units the transforms see before normalisation: uint8 images scaled to [0, 1],
 float images (16-bit, DICOM, NIfTI, ...) as the readers return them (see ``readers.py``).
+
+Missing values never enter a statistic: files are read with ``ReadOptions.keep_missing`` (nodata
+becomes NaN instead of being filled), and any value that is not finite, has ``|v| >= 3.4e38``
+(GDAL's float nodata) or equals ``data.nodata`` is left out, per channel, with a WARNING naming
+the file. Images that are mostly nodata are skipped like unreadable ones.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import logging
 import math
@@ -17,14 +24,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from acclimate.data.readers import DataError, MissingExtra, describe_error
-from acclimate.data.sources import ImageSource
+from acclimate.data.readers import NODATA_LIMIT, DataError, MissingExtra, describe_error
+from acclimate.data.sources import FileSource, ImageSource
 from acclimate.fileio import write_json_atomic
 
 log = logging.getLogger(__name__)
 
 PERCENTILES = (0.5, 1.0, 2.0, 50.0, 98.0, 99.0, 99.5)
 PERCENTILE_VALUES = 4_000_000  # values kept for percentiles, over all channels and images
+NODATA_FILES_LISTED = 100  # images with nodata named in the statistics (all are in the log)
 
 
 def _key(p: float) -> str:
@@ -45,6 +53,34 @@ def _pixels(image: torch.Tensor) -> torch.Tensor:
     return x / 255.0 if image.dtype == torch.uint8 else x
 
 
+def keeping_missing(source: ImageSource) -> ImageSource:
+    """A view of ``source`` whose images keep their missing values as NaN (not filled), so
+    that statistics can leave them out; other sources (uint8 arrays) are returned as they are."""
+    options = getattr(source, "options", None)
+    if not isinstance(source, FileSource) or options is None or options.keep_missing:
+        return source
+    view = copy.copy(source)
+    view.options = dataclasses.replace(options, keep_missing=True)
+    return view
+
+
+def usable(x: torch.Tensor, nodata: float | None = None) -> torch.Tensor | None:
+    """Mask of the values of x (C, K) that may enter statistics, or None when all may: finite,
+    ``|v| < NODATA_LIMIT`` and not ``nodata``."""
+    ok = torch.isfinite(x) & (x.abs() < NODATA_LIMIT)
+    if nodata is not None:
+        ok &= x != nodata
+    return None if bool(ok.all()) else ok
+
+
+def _nodata_of(source: ImageSource) -> float | None:
+    """``data.nodata`` when the readers return raw values (float files, no window)."""
+    options = getattr(source, "options", None)
+    if options is None or options.nodata is None or options.window is not None:
+        return None
+    return float(options.nodata)
+
+
 def source_stats(
     source: ImageSource,
     max_images: int = 10_000,
@@ -58,7 +94,9 @@ def source_stats(
     One pass, memory bounded whatever the sample: mean and variance are merged image by image
     in float64 (Chan et al.'s parallel update), so they match numpy over the same pixels to
     float64 rounding; percentiles come from up to ``PERCENTILE_VALUES`` pixels drawn uniformly
-    from each image (exact when the sample holds fewer pixels). Unreadable files are skipped.
+    from each image (exact when the sample holds fewer pixels). Unreadable files are skipped;
+    nodata and non-finite values are left out per channel (``nodata_values`` counts them,
+    ``nodata_images`` the images holding any, ``nodata_files`` names up to 100 of those).
 
     With ``clip`` (percentile bounds ``[low, high]``, e.g. ``[1, 99]``), a second pass over the
     same images adds ``stats["clip"]``: the per-channel bounds and the mean/std of the values
@@ -68,17 +106,20 @@ def source_stats(
         percentiles = sorted({*percentiles, *(float(p) for p in clip)})
     picked, rng = _sample(source, max_images, seed)
     c = source.channels
+    view, nodata = keeping_missing(source), _nodata_of(source)
     per_image = max(16, PERCENTILE_VALUES // (c * len(picked)))
-    count = 0
+    count = torch.zeros(c, dtype=torch.float64)
     mean = torch.zeros(c, dtype=torch.float64)
     m2 = torch.zeros(c, dtype=torch.float64)
     lo = torch.full((c,), math.inf, dtype=torch.float64)
     hi = torch.full((c,), -math.inf, dtype=torch.float64)
     kept: list[np.ndarray] = []
     skipped = 0
+    left_out = 0
+    nodata_files: list[str] = []
     for i in picked.tolist():
         try:
-            image = source.load(i)
+            image = view.load(i)
         except MissingExtra:
             raise
         except Exception as exc:  # decoders raise OSError, ValueError, SyntaxError, ...
@@ -91,15 +132,28 @@ def source_stats(
             continue
         x = _pixels(image)
         k = x.shape[1]
-        count = _merge(mean, m2, count, x)
-        lo = torch.minimum(lo, x.min(1).values)
-        hi = torch.maximum(hi, x.max(1).values)
+        ok = usable(x, nodata)
+        if ok is not None:
+            n = int((~ok).sum())
+            left_out += n
+            nodata_files.append(source.describe(i))
+            log.warning(
+                "statistics: %s holds %d nodata or non-finite value(s) (%.1f%%): left out",
+                source.describe(i),
+                n,
+                100.0 * n / max(x.numel(), 1),
+            )
+            x = torch.where(ok, x, torch.nan)
+        count = _merge(mean, m2, count, x, ok)
+        lo = torch.minimum(lo, (x if ok is None else torch.where(ok, x, math.inf)).min(1).values)
+        hi = torch.maximum(hi, (x if ok is None else torch.where(ok, x, -math.inf)).max(1).values)
         cols = x if k <= per_image else x[:, torch.from_numpy(rng.choice(k, per_image, False))]
         kept.append(cols.to(torch.float32).numpy())
-    if count == 0:
+    if not kept:
         raise DataError(f"{source.name}: none of the {len(picked)} sampled images is readable")
-    values = np.concatenate(kept, axis=1)
-    q = np.percentile(values.astype(np.float64), list(percentiles), axis=1)  # (P, C)
+    _check_counts(source, count)
+    values = np.concatenate(kept, axis=1).astype(np.float64)
+    q = np.nanpercentile(values, list(percentiles), axis=1)  # (P, C), NaN = left out
     stats = {
         "channels": c,
         "mean": mean.tolist(),
@@ -110,30 +164,57 @@ def source_stats(
         "n_images": len(source),
         "sampled": len(picked) - skipped,
         "unreadable": skipped,
-        "pixels": count,
+        "pixels": int(count.max()),
+        "nodata_values": left_out,
+        "nodata_images": len(nodata_files),
+        "nodata_files": nodata_files[:NODATA_FILES_LISTED],
     }
     if clip is not None:
         stats = clip_stats(source, stats, clip, max_images=max_images, seed=seed)
     log.info(
-        "statistics over %d images of %s (%d unreadable): mean %s, std %s",
+        "statistics over %d images of %s (%d unreadable, %d nodata value(s) left out): "
+        "mean %s, std %s",
         stats["sampled"],
         source.name,
         skipped,
+        left_out,
         [round(m, 4) for m in stats["mean"]],
         [round(s, 4) for s in stats["std"]],
     )
     return stats
 
 
-def _merge(mean: torch.Tensor, m2: torch.Tensor, count: int, x: torch.Tensor) -> int:
-    """Merge the pixels x (C, K) into the running per-channel mean and M2 (in place)."""
-    k = x.shape[1]
-    m_i = x.mean(1)
-    m2_i = ((x - m_i[:, None]) ** 2).sum(1)
+def _check_counts(source: ImageSource, count: torch.Tensor) -> None:
+    empty = [k for k, n in enumerate(count.tolist()) if n == 0]
+    if empty:
+        raise DataError(
+            f"{source.name}: channel(s) {empty} hold no valid value in the sampled images (all "
+            "nodata or non-finite): check data.bands, data.nodata and the files"
+        )
+
+
+def _merge(
+    mean: torch.Tensor,
+    m2: torch.Tensor,
+    count: torch.Tensor,
+    x: torch.Tensor,
+    ok: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Merge the pixels x (C, K) into the running per-channel mean and M2 (in place) and return
+    the new per-channel counts (C,); with ``ok`` (C, K) only those values count."""
+    if ok is None:
+        k = torch.full_like(count, x.shape[1])
+        m_i = x.mean(1)
+        m2_i = ((x - m_i[:, None]) ** 2).sum(1)
+    else:
+        k = ok.sum(1).to(count.dtype)
+        m_i = torch.where(ok, x, 0.0).sum(1) / k.clamp(min=1)
+        m2_i = (torch.where(ok, x - m_i[:, None], 0.0) ** 2).sum(1)
     delta = m_i - mean
     total = count + k
-    mean += delta * (k / total)
-    m2 += m2_i + delta**2 * (count * k / total)
+    safe = total.clamp(min=1)
+    mean += delta * (k / safe)
+    m2 += m2_i + delta**2 * (count * k / safe)
     return total
 
 
@@ -175,18 +256,25 @@ def clip_stats(
     high = torch.tensor(table[_key(hi_p)], dtype=torch.float64)
     picked, _ = _sample(source, max_images, seed)
     c = source.channels
-    count, mean, m2 = 0, torch.zeros(c, dtype=torch.float64), torch.zeros(c, dtype=torch.float64)
+    view, nodata = keeping_missing(source), _nodata_of(source)
+    count = torch.zeros(c, dtype=torch.float64)
+    mean, m2 = torch.zeros(c, dtype=torch.float64), torch.zeros(c, dtype=torch.float64)
+    readable = 0
     for i in picked.tolist():
         try:
-            image = source.load(i)
+            image = view.load(i)
         except MissingExtra:
             raise
         except Exception:  # already reported by source_stats
             continue
-        x = torch.maximum(torch.minimum(_pixels(image), high[:, None]), low[:, None])
-        count = _merge(mean, m2, count, x)
-    if count == 0:
+        x = _pixels(image)
+        ok = usable(x, nodata)  # nodata is left out, as in source_stats
+        x = torch.maximum(torch.minimum(x, high[:, None]), low[:, None])
+        count = _merge(mean, m2, count, x, ok)
+        readable += 1
+    if readable == 0:
         raise DataError(f"{source.name}: none of the {len(picked)} sampled images is readable")
+    _check_counts(source, count)
     entry = {
         "percentiles": [lo_p, hi_p],
         "low": low.tolist(),
@@ -241,13 +329,17 @@ def stats_key(
     spec: str | Path, split: str | None, channels: int, options: Any = None
 ) -> dict[str, Any]:
     """What statistics depend on: the source, the split, the channels and the read options."""
-    from dataclasses import asdict
-
+    if options is not None:  # how missing values are filled does not change the statistics
+        options = {
+            k: v
+            for k, v in dataclasses.asdict(options).items()
+            if k not in ("nodata_fill", "keep_missing")
+        }
     return {
         "source": str(Path(spec).expanduser().absolute()),
         "split": split,
         "channels": channels,
-        "options": None if options is None else json.loads(json.dumps(asdict(options))),
+        "options": None if options is None else json.loads(json.dumps(options)),
     }
 
 

@@ -10,6 +10,7 @@ queries are embedded the same way). FAISS needs ``pip install acclimate[faiss]``
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,8 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from acclimate.fileio import write_json_atomic, write_text_atomic
+
+log = logging.getLogger(__name__)
 
 
 def files_list_path(path: str | Path) -> Path:
@@ -34,7 +37,19 @@ def index_path(path: str | Path) -> Path:
 
 def save_features(path: str | Path, feats: Tensor, files: list[str]) -> Path:
     """Write feats (N, D) or (N, T, D) to ``.safetensors`` (key ``features``) or ``.npy`` (by
-    suffix; any other suffix gets ``.npy``) and the file list; returns the features path."""
+    suffix; any other suffix gets ``.npy``) and the file list; returns the features path.
+
+    Rows that are not finite are never written: they (and their files) are left out with a
+    WARNING naming each file (``extract_features_indexed`` has normally dropped them already).
+    """
+    if len(files) != len(feats):
+        raise ValueError(f"{len(feats)} feature rows but {len(files)} file names")
+    finite = torch.isfinite(feats.reshape(len(feats), -1)).all(1)
+    if not bool(finite.all()):
+        for f in (f for f, ok in zip(files, finite.tolist(), strict=True) if not ok):
+            log.warning("embed: features of %s are not finite (NaN or inf): left out", f)
+        feats = feats[finite]
+        files = [f for f, ok in zip(files, finite.tolist(), strict=True) if ok]
     path = Path(path)
     if path.suffix != ".safetensors" and path.suffix != ".npy":
         path = path.with_name(path.name + ".npy")

@@ -21,7 +21,7 @@ from acclimate.data.sources import (
     list_splits,
     open_source,
 )
-from acclimate.eval.features import extract_features
+from acclimate.eval.features import extract_features, finite_rows
 from acclimate.eval.knn import knn_accuracy
 from acclimate.eval.linear import LinearProbe, train_linear_probe
 
@@ -137,7 +137,7 @@ def score_features(
     classes: list[str] | None = None,
 ) -> tuple[dict[str, float], LinearProbe]:
     """kNN and linear-probe top-1 accuracy from cached features (N, D) and labels (N,)."""
-    (xtr, ytr), (xte, yte) = train, test
+    (xtr, ytr), (xte, yte) = finite_rows(*train, "train"), finite_rows(*test, "test")
     n_classes = int(max(ytr.max(), yte.max()).item()) + 1
     knn = knn_accuracy(xtr, ytr, xte, yte, settings.knn_k, settings.knn_temperature)
     probe = train_linear_probe(xtr, ytr, n_classes, settings.probe_weight_decay, classes=classes)

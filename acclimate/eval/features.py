@@ -74,13 +74,17 @@ def extract_features_indexed(
 
     Batches of ``eval_loader`` are (images, labels, indices) with unreadable items left out;
     (images, labels) batches are numbered in order. A WARNING tells how many items of the
-    loader's dataset were left out.
+    loader's dataset were left out. Rows whose features are not finite (an image of huge
+    values overflows the network) are left out too, each named in a WARNING and recorded as
+    bad (``not finite``) with the loader's dataset (``ImageDataset.report_bad``: its
+    ``bad_file_log``), so no NaN row reaches a probe, a kNN bank or an embedding file.
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()
     feats, labels, indices = [], [], []
     seen = 0
+    dataset = getattr(loader, "dataset", None)
     it = loader
     if progress:
         from tqdm.auto import tqdm
@@ -91,13 +95,17 @@ def extract_features_indexed(
             images, y = batch[0], batch[1]
             idx = batch[2] if len(batch) > 2 else torch.arange(seen, seen + len(images))
             seen += len(images)
-            out = features_of(model, images.to(device, non_blocking=True), kind)
-            feats.append(out.float().cpu())
-            labels.append(torch.as_tensor(y))
-            indices.append(torch.as_tensor(idx))
+            out = features_of(model, images.to(device, non_blocking=True), kind).float().cpu()
+            y, idx = torch.as_tensor(y), torch.as_tensor(idx)
+            finite = torch.isfinite(out.reshape(len(out), -1)).all(1)  # one check per batch
+            if not bool(finite.all()):
+                _report_not_finite(dataset, idx[~finite].tolist(), desc)
+                out, y, idx = out[finite], y[finite], idx[finite]
+            feats.append(out)
+            labels.append(y)
+            indices.append(idx)
     finally:
         model.train(was_training)
-    dataset = getattr(loader, "dataset", None)
     total = len(dataset) if hasattr(dataset, "__len__") else seen  # type: ignore[arg-type]
     if total > seen:
         name = getattr(getattr(dataset, "source", None), "name", "the source")
@@ -109,6 +117,42 @@ def extract_features_indexed(
             name,
             seen,
         )
-    if not feats:
+    if not feats or sum(len(f) for f in feats) == 0:
         raise AcclimateError("no images to extract features from")
     return torch.cat(feats), torch.cat(labels).long(), torch.cat(indices).long()
+
+
+def _report_not_finite(dataset: object, indices: list[int], desc: str) -> None:
+    """Name the items whose features are not finite: the dataset's bad-item record when it has
+    one (``ImageDataset.report_bad``), else a WARNING."""
+    text = "features are not finite (NaN or inf): left out"
+    for i in indices:
+        report = getattr(dataset, "report_bad", None)
+        if report is not None:
+            report(int(i), "not finite", f"{desc}: {text}")
+        else:
+            log.warning("%s: item %d: %s", desc, i, text)
+
+
+def left_out(loader: Iterable, kept: Tensor) -> dict[str, str]:
+    """{item (path): reason} of the items of ``loader``'s dataset that have no row in the
+    features (``kept``: the source indices of the rows): unreadable, mostly nodata, too large or
+    features not finite. Reasons met in DataLoader worker processes are not seen here and read
+    ``unreadable``; the run's bad-file log has them all."""
+    dataset = getattr(loader, "dataset", None)
+    source = getattr(dataset, "source", None)
+    if source is None:
+        return {}
+    reasons: dict[int, str] = getattr(dataset, "bad", {})
+    missing = sorted(set(range(len(source))) - set(kept.tolist()))
+    return {source.describe(i): reasons.get(i, "unreadable") for i in missing}
+
+
+def finite_rows(feats: Tensor, labels: Tensor, name: str = "features") -> tuple[Tensor, Tensor]:
+    """(feats, labels) without the rows whose features are not finite (a WARNING counts them):
+    the last guard before a probe's L-BFGS or a kNN bank, for features made elsewhere."""
+    finite = torch.isfinite(feats.reshape(len(feats), -1)).all(1)
+    if bool(finite.all()):
+        return feats, labels
+    log.warning("%s: left out %d row(s) with NaN or inf features", name, int((~finite).sum()))
+    return feats[finite], labels[finite]

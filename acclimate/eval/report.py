@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from acclimate.data.datamodule import eval_loader
 from acclimate.data.sources import ImageSource
-from acclimate.eval.features import extract_features
+from acclimate.eval.features import extract_features_indexed, finite_rows, left_out
 from acclimate.eval.fewshot import fewshot_probe
 from acclimate.eval.knn import knn_accuracy
 from acclimate.eval.metrics import classification_metrics
@@ -36,6 +36,21 @@ from acclimate.fileio import write_text_atomic
 log = logging.getLogger(__name__)
 
 Features = tuple[Tensor, Tensor]
+
+
+class SplitFeatures(tuple):
+    """(features (N, D), labels (N,)) of one split, as ``Features``, plus ``left_out``: the
+    items of the split that have no row, {path: reason} (unreadable, nodata, too large, features
+    not finite), which ``measure_features`` lists in the report's metrics."""
+
+    left_out: dict[str, str]
+
+    def __new__(
+        cls, feats: Tensor, labels: Tensor, left_out: dict[str, str] | None = None
+    ) -> SplitFeatures:
+        self = super().__new__(cls, (feats, labels))
+        self.left_out = dict(left_out or {})
+        return self
 
 
 @dataclass
@@ -85,6 +100,8 @@ def measure_features(
     retrieval: bool = True,
 ) -> dict[str, Any]:
     """Every report metric from cached features: train/test = (features (N, D), labels (N,))."""
+    gone = {role: getattr(f, "left_out", {}) for role, f in (("train", train), ("test", test))}
+    train, test = finite_rows(*train, "train"), finite_rows(*test, "test")
     (xtr, ytr), (xte, yte) = train, test
     n_classes = max(len(classes or []), int(max(ytr.max(), yte.max())) + 1)
     knn = {
@@ -117,6 +134,8 @@ def measure_features(
         )
     if retrieval:
         out["retrieval"] = retrieval_metrics(xtr, ytr, xte, yte, settings.retrieval_ks)
+    if any(gone.values()):
+        out["left_out"] = {role: items for role, items in gone.items() if items}
     return out
 
 
@@ -128,19 +147,17 @@ def split_features(
     num_workers: int = 2,
     device: torch.device | str = "cpu",
 ) -> tuple[Features, Features]:
-    """Pooled features of a (train, test) pair of sources, with a progress bar."""
+    """Pooled features of a (train, test) pair of sources, with a progress bar; items without
+    a row (unreadable, nodata, features not finite) are named in each split's ``left_out``."""
     model = model.to(device)
-    train, test = (
-        extract_features(
-            model,
-            eval_loader(src, transform, batch_size, num_workers),
-            device=device,
-            progress=True,
-            desc=f"{role} feats",
+    out = []
+    for src, role in zip(sources, ("train", "test"), strict=True):
+        loader = eval_loader(src, transform, batch_size, num_workers)
+        feats, labels, kept = extract_features_indexed(
+            model, loader, device=device, progress=True, desc=f"{role} feats"
         )
-        for src, role in zip(sources, ("train", "test"), strict=True)
-    )
-    return train, test
+        out.append(SplitFeatures(feats, labels, left_out(loader, kept)))
+    return out[0], out[1]
 
 
 def headline(m: dict[str, Any]) -> dict[str, float]:
@@ -187,6 +204,19 @@ def _labels(models: Sequence[str]) -> dict[str, str]:
     return labels
 
 
+def _left_out_note(models: dict[str, dict[str, Any]]) -> str:
+    """`` Left out: ...`` when images had no features (unreadable, nodata, not finite)."""
+    parts = []
+    for spec, m in models.items():
+        gone = m.get("left_out") or {}
+        if gone:
+            counts = " / ".join(f"{len(v)} {role}" for role, v in gone.items())
+            parts.append(f"{counts} image(s) for `{Path(spec.rstrip('/')).name or spec}`")
+    if not parts:
+        return ""
+    return " Left out (listed in metrics.json under `left_out`): " + "; ".join(parts) + "."
+
+
 def _blocks(results: dict[str, Any], figures: dict[str, str]) -> list[Block]:
     models: dict[str, dict[str, Any]] = results["models"]
     labels = _labels(list(models))
@@ -200,7 +230,7 @@ def _blocks(results: dict[str, Any], figures: dict[str, str]) -> list[Block]:
             f"Data: `{results['data']}`: {first['n_train']} train / {first['n_test']} test "
             f"images, {len(first['classes'])} classes. Frozen pooled features, the same protocol "
             f"for every model. Reference (first MODEL): `{labels[ref_spec]}`; deltas are "
-            "against it.",
+            "against it." + _left_out_note(models),
         ),
         ("h2", "Summary"),
         (
