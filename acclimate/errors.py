@@ -4,3 +4,8 @@
 class AcclimateError(ValueError):
     """A problem with the user's input (recipe, data, weights, command line), stated in one line
     that names the file or key and the fix. Anything else is a bug and keeps its traceback."""
+
+
+class TrainingFailed(AcclimateError):
+    """The run stopped itself (divergence, collapse, a dead rank): exit code 1, the last good
+    checkpoint kept."""

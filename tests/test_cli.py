@@ -178,7 +178,7 @@ def test_grayscale_source_trains(tmp_path):
             "method.studnet_temp: unknown key; did you mean 'student_temp'",
         ),
         ("trainer.max_epochs=ten", "trainer.max_epochs: expected int"),
-        ("data.batch_size=0", "data.batch_size: must be positive"),
+        ("data.batch_size=0", "data.batch_size: must be >= 1, got 0"),
         ("method.name=dinov9", "unknown method 'dinov9'"),
     ],
 )

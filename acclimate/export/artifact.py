@@ -7,10 +7,10 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import OmegaConf
 from timm.models import save_for_hf
 from torch import nn
@@ -18,6 +18,7 @@ from torch import nn
 from acclimate.adapters.merge import merge_lora
 from acclimate.errors import AcclimateError
 from acclimate.fileio import write_json_atomic, write_text_atomic
+from acclimate.preflight import CheckpointError, load_checkpoint_file
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +55,11 @@ def export_backbone(
     data config cannot express it).
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     model = merge_lora(copy.deepcopy(backbone).cpu().eval())  # plain weights, timm's names
     if any("lora" in k.lower() for k in model.state_dict()):
         raise ValueError("the backbone still holds LoRA tensors; merge adapters before export")
+    check_finite(model, source)
+    out.mkdir(parents=True, exist_ok=True)
     channels = len(mean)
     data_config = {
         "input_size": (channels, image_size, image_size),
@@ -97,6 +99,47 @@ def export_backbone(
     return out
 
 
+class ExportFileError(AcclimateError):
+    """An export folder's (or a run's) JSON file that is unreadable or was altered."""
+
+
+def read_json(path: str | Path) -> dict[str, Any]:
+    """A JSON object from ``path``; invalid JSON or another top-level type is one line naming
+    the file (the usual cause: it was edited by hand)."""
+    path = Path(path)
+    try:
+        obj = json.loads(path.read_text())
+    except UnicodeDecodeError:
+        raise ExportFileError(f"{path}: not a text file; it must hold JSON") from None
+    except json.JSONDecodeError as e:
+        raise ExportFileError(
+            f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); restore it or "
+            "export again"
+        ) from None
+    if not isinstance(obj, dict):
+        raise ExportFileError(f"{path}: expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+class ExportError(AcclimateError):
+    """Weights that must not leave as an export."""
+
+
+def check_finite(model: nn.Module, source: str | None = None) -> None:
+    """Refuse weights holding NaN or infinity (a diverged run): nothing downstream could use
+    them, and an export that loads fine but gives NaN features is worse than none."""
+    bad = [
+        k for k, t in model.state_dict().items() if t.is_floating_point() and not t.isfinite().all()
+    ]
+    if bad:
+        raise ExportError(
+            f"{source or 'the backbone'}: {len(bad)} weight tensor(s) hold NaN or inf (first: "
+            f"{bad[0]}): the run diverged, nothing was exported; retrain with a lower optim.lr, "
+            "trainer.precision=bf16-mixed (or 32-true) instead of 16-mixed, and "
+            "trainer.gradient_clip_val=3.0"
+        )
+
+
 def _data_metadata(
     channels: int,
     recipe: dict[str, Any] | None,
@@ -109,7 +152,10 @@ def _data_metadata(
         bands = list(data["bands"])
     if bands is not None and len(bands) != channels:
         raise AcclimateError(f"{len(bands)} band names for {channels} input channels")
-    reader = {k: data.get(k) for k in ("bands", "band_names", "window", "slice_axis") if k in data}
+    keys = ("bands", "band_names", "window", "slice_axis", "nodata", "nodata_fill", "max_pixels")
+    reader = {k: data.get(k) for k in keys if k in data}
+    if reader.get("nodata_fill") == "mean" and isinstance(data.get("mean"), list):
+        reader["nodata_fill"] = data["mean"]  # as training filled: the normalisation mean
     return {
         "bands": bands,
         "reader": reader,
@@ -163,15 +209,61 @@ def _onnx_lines(onnx: dict[str, Any]) -> list[str]:
     ]
 
 
+def read_export_meta(out: str | Path) -> dict[str, Any]:
+    """An export folder's ``acclimate.json``, checked: a hand-edited or truncated file gives one
+    line naming the file and the key, not a KeyError later on."""
+    path = Path(out) / META_FILE
+    meta = read_json(path)
+    problem = export_meta_problem(meta)
+    if problem:
+        raise ExportFileError(f"{path}: {problem}; restore the file or export again")
+    return meta
+
+
+def export_meta_problem(meta: dict[str, Any]) -> str | None:
+    """What is wrong with the keys of an export's ``acclimate.json``, or None."""
+    if not isinstance(meta.get("architecture"), str):
+        return f"architecture: expected a timm model name, got {meta.get('architecture')!r}"
+    channels = meta.get("channels")
+    if not isinstance(channels, int) or isinstance(channels, bool) or channels < 1:
+        return f"channels: expected an integer >= 1, got {channels!r}"
+    problem = preprocessing_problem(meta, channels)
+    if problem:
+        return problem
+    if not isinstance(meta.get("preprocessing"), str):
+        return f"preprocessing: expected a description, got {meta.get('preprocessing')!r}"
+    bands = meta.get("bands")
+    if bands is not None and (
+        not isinstance(bands, list)
+        or len(bands) != channels
+        or not all(isinstance(b, str) for b in bands)
+    ):
+        return f"bands: expected null or {channels} band names, got {bands!r}"
+    for key in ("metrics", "evaluation", "onnx"):
+        if meta.get(key) is not None and not isinstance(meta[key], dict):
+            return f"{key}: expected a mapping or null, got {meta[key]!r}"
+    return None
+
+
+def _read_recipe(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    try:
+        recipe = OmegaConf.to_container(OmegaConf.load(path))
+    except Exception as e:  # yaml and omegaconf raise their own error types
+        raise ExportFileError(f"{path}: not a readable recipe ({type(e).__name__})") from None
+    return recipe if isinstance(recipe, dict) else {}
+
+
+def _row(r: Any, key: str) -> Any:
+    return r.get(key, "") if isinstance(r, dict) else ""
+
+
 def write_model_card(out: str | Path) -> Path:
     """(Re)write ``README.md`` from ``acclimate.json``, the recipe and the probes."""
     out = Path(out)
-    meta = json.loads((out / META_FILE).read_text())
-    recipe = (
-        OmegaConf.to_container(OmegaConf.load(out / "recipe.yaml"))
-        if (out / "recipe.yaml").exists()
-        else {}
-    )
+    meta = read_export_meta(out)
+    recipe = _read_recipe(out / "recipe.yaml")
     lines = [f"# {meta['architecture']} adapted with acclimate", ""]
     if recipe:
         b, d, m = recipe.get("backbone", {}), recipe.get("data", {}), recipe.get("method", {})
@@ -193,12 +285,13 @@ def write_model_card(out: str | Path) -> Path:
             "| model | linear probe top-1 | kNN top-1 (k=20) | test images |",
             "|---|---|---|---|",
             *(
-                f"| {label} | {_fmt(r['linear_top1'])} | {_fmt(r['knn_top1'])} | {r['n_test']} |"
+                f"| {label} | {_fmt(_row(r, 'linear_top1'))} | {_fmt(_row(r, 'knn_top1'))} | "
+                f"{_row(r, 'n_test')} |"
                 for label, r in (("starting backbone", m["before"]), ("adapted", m["after"]))
             ),
             "",
         ]
-    if (meta.get("evaluation") or {}).get("models"):
+    if isinstance((meta.get("evaluation") or {}).get("models"), dict):
         lines += _evaluation_lines(meta["evaluation"])
     if meta.get("onnx"):
         lines += _onnx_lines(meta["onnx"])
@@ -211,7 +304,7 @@ def write_model_card(out: str | Path) -> Path:
             "|---|---|---|---|",
         ]
         for p in probes:
-            info = json.loads(p.read_text())
+            info = read_json(p)
             lines.append(
                 f"| {p.stem} | {len(info.get('classes', []))} | "
                 f"{_fmt(info.get('metrics', {}).get('linear_top1'))} | `{info.get('data')}` |"
@@ -234,11 +327,58 @@ def write_model_card(out: str | Path) -> Path:
 
 
 def checkpoint_metadata(ckpt: str | Path) -> dict[str, Any]:
-    """The run metadata stored by acclimate in a Lightning checkpoint (weights_only load)."""
-    obj = torch.load(ckpt, map_location="cpu", weights_only=True)
-    meta = obj.get("acclimate") if isinstance(obj, dict) else None
-    if not meta:
-        raise AcclimateError(
-            f"{ckpt}: not an acclimate training checkpoint (no 'acclimate' metadata)"
-        )
+    """The run metadata stored by acclimate in a Lightning checkpoint (weights_only load), with
+    the keys that loading the checkpoint's backbone needs checked (one line naming the key)."""
+    meta = load_checkpoint_file(ckpt)["acclimate"]
+    problem = _checkpoint_meta_problem(meta)
+    if problem:
+        raise CheckpointError(f"{ckpt}: acclimate metadata: {problem}; the file was altered")
     return meta
+
+
+def _checkpoint_meta_problem(meta: Any) -> str | None:
+    if not isinstance(meta, dict):
+        return f"expected a mapping, got {type(meta).__name__}"
+    recipe = meta.get("recipe")
+    if not isinstance(recipe, dict) or not isinstance(recipe.get("backbone"), dict):
+        return "recipe.backbone is missing"
+    b = recipe["backbone"]
+    if not isinstance(b.get("name"), str) or not isinstance(b.get("in_chans"), int):
+        return "recipe.backbone needs a name (str) and in_chans (int)"
+    if not isinstance(recipe.get("adapter") or {}, dict):
+        return "recipe.adapter must be a mapping"
+    return preprocessing_problem(meta)
+
+
+def preprocessing_problem(meta: dict[str, Any], channels: int | None = None) -> str | None:
+    """What is wrong with the preprocessing keys of a checkpoint's metadata or an export's
+    ``acclimate.json`` (``mean``, ``std``, ``image_size``, ``clip``, ``reader``), or None."""
+    mean, std = meta.get("mean"), meta.get("std")
+    for key, value in (("mean", mean), ("std", std)):
+        if not isinstance(value, list) or not value or not all(_is_number(v) for v in value):
+            return f"{key}: expected a list of numbers, got {value!r}"
+    if len(std) != len(mean) or (channels is not None and len(mean) != channels):
+        return f"mean and std must have one value per channel, got {mean!r} and {std!r}"
+    if not all(v > 0 for v in std):
+        return f"std: every value must be > 0, got {std!r}"
+    size = meta.get("image_size")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        return f"image_size: expected an integer >= 1, got {size!r}"
+    clip = meta.get("clip")
+    if clip is not None:
+        ok = isinstance(clip, dict) and all(
+            isinstance(clip.get(k), list)
+            and len(clip[k]) == len(mean)
+            and all(_is_number(v) for v in clip[k])
+            for k in ("low", "high")
+        )
+        if not ok:
+            return f"clip: expected {{low: [...], high: [...]}}, a bound per channel, got {clip!r}"
+    for key in ("reader", "statistics"):
+        if meta.get(key) is not None and not isinstance(meta[key], dict):
+            return f"{key}: expected a mapping or null, got {meta[key]!r}"
+    return None
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)

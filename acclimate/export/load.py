@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -10,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import safetensors
 import timm
 import torch
 from PIL import Image
@@ -20,7 +20,14 @@ from acclimate.data.transforms import EvalTransform
 from acclimate.errors import AcclimateError
 from acclimate.eval.features import FeatureKind, features_of
 from acclimate.eval.linear import LinearProbe
-from acclimate.export.artifact import META_FILE, checkpoint_metadata
+from acclimate.export.artifact import (
+    META_FILE,
+    ExportFileError,
+    checkpoint_metadata,
+    read_export_meta,
+    read_json,
+)
+from acclimate.resume import latest_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -100,19 +107,42 @@ class Extractor:
 
 
 def load(path: str | Path, device: str | torch.device = "cpu") -> Extractor:
-    """Load an export folder written by ``acclimate export``."""
+    """Load an export folder written by ``acclimate export``.
+
+    ``config.json``, ``acclimate.json`` and the probes' JSON files are checked first: a file
+    that was truncated or edited by hand gives one line naming the file and the key."""
     path = Path(path)
     if not (path / "config.json").is_file() or not (path / META_FILE).is_file():
         raise FileNotFoundError(
             f"{path}: not an acclimate export folder (needs config.json and {META_FILE}); "
             "make one with `acclimate export RUN --out DIR`"
         )
-    meta = json.loads((path / META_FILE).read_text())
-    model = timm.create_model(f"local-dir:{path.resolve()}", pretrained=True, num_classes=0)
+    arch = check_timm_config(path / "config.json")
+    meta = read_export_meta(path)
+    options = _meta_reader_options(meta, path / META_FILE)
+    try:
+        model = timm.create_model(f"local-dir:{path.resolve()}", pretrained=True, num_classes=0)
+    except (RuntimeError, KeyError, TypeError, ValueError, AssertionError) as e:
+        detail = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise ExportFileError(
+            f"{path}: config.json and model.safetensors do not make a {arch} ({detail}); "
+            "the folder was altered: export again"
+        ) from None
     probes, info = {}, {}
     for pj in sorted((path / "probes").glob("*.json")) if (path / "probes").exists() else []:
-        data = json.loads(pj.read_text())
-        probes[pj.stem] = LinearProbe.load(pj.with_suffix(".safetensors"), data.get("classes"))
+        data = read_json(pj)
+        classes = data.get("classes")
+        if classes is not None and not (
+            isinstance(classes, list) and all(isinstance(c, str) for c in classes)
+        ):
+            raise ExportFileError(f"{pj}: classes: expected a list of names, got {classes!r}")
+        try:
+            probes[pj.stem] = LinearProbe.load(pj.with_suffix(".safetensors"), classes)
+        except (OSError, KeyError, safetensors.SafetensorError) as e:
+            raise ExportFileError(
+                f"{pj.with_suffix('.safetensors')}: not a readable probe ({type(e).__name__}: "
+                f"{e}); train it again with `acclimate probe`"
+            ) from None
         info[pj.stem] = data
     return Extractor(
         model.to(device),
@@ -122,9 +152,35 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Extractor:
         probes,
         info,
         meta,
-        reader_options(meta),
+        options,
         clip_bounds(meta),
     )
+
+
+def check_timm_config(path: Path) -> str:
+    """Check the keys of an export's ``config.json`` that timm reads; return the architecture."""
+    cfg = read_json(path)
+    arch = cfg.get("architecture")
+    if not isinstance(arch, str) or not timm.is_model(arch):
+        raise ExportFileError(f"{path}: architecture: expected a timm model name, got {arch!r}")
+    for key in ("pretrained_cfg", "model_args"):
+        if key in cfg and not isinstance(cfg[key], dict):
+            raise ExportFileError(f"{path}: {key}: expected a mapping, got {cfg[key]!r}")
+    size = (cfg.get("pretrained_cfg") or {}).get("input_size")
+    if size is not None and not (
+        isinstance(size, list) and len(size) == 3 and all(isinstance(v, int) for v in size)
+    ):
+        raise ExportFileError(
+            f"{path}: pretrained_cfg.input_size: expected [channels, height, width], got {size!r}"
+        )
+    return arch
+
+
+def _meta_reader_options(meta: dict[str, Any], path: Path) -> ReadOptions:
+    try:
+        return reader_options(meta)
+    except (TypeError, ValueError, AttributeError) as e:
+        raise ExportFileError(f"{path}: reader: {e}; restore the file or export again") from None
 
 
 def clip_bounds(meta: dict[str, Any]) -> tuple[list[float], list[float]] | None:
@@ -185,8 +241,8 @@ def resolve_model(
             ex.options,
             ex.clip,
         )
-    if p.is_dir() and (p / "checkpoints" / "last.ckpt").is_file():
-        p = p / "checkpoints" / "last.ckpt"
+    if p.is_dir() and latest_checkpoint(p) is not None:  # a run folder: its newest checkpoint
+        p = latest_checkpoint(p)  # type: ignore[assignment]
     if p.is_file() and p.suffix == ".ckpt":
         meta = checkpoint_metadata(p)
         b = meta["recipe"]["backbone"]

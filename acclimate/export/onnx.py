@@ -101,9 +101,7 @@ def add_onnx(export_dir: str | Path, check: bool = True, tolerance: float = 1e-4
     """Write ``model.onnx`` into an export folder (from the folder's own weights), check it
     against PyTorch with onnxruntime on a random batch, record it in ``acclimate.json`` under
     ``onnx`` and re-render the model card."""
-    import json
-
-    from acclimate.export.artifact import META_FILE, write_model_card
+    from acclimate.export.artifact import META_FILE, read_export_meta, write_model_card
     from acclimate.export.load import load
 
     out = Path(export_dir)
@@ -130,7 +128,7 @@ def add_onnx(export_dir: str | Path, check: bool = True, tolerance: float = 1e-4
                     tolerance,
                 )
     meta_file = out / META_FILE
-    meta = json.loads(meta_file.read_text())
+    meta = read_export_meta(out)
     meta["onnx"] = info
     write_json_atomic(meta_file, meta)
     write_model_card(out)
