@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
+    from acclimate.api import Run
     from acclimate.export.load import Extractor
 
 
@@ -18,4 +19,12 @@ def load(path: Any, device: str = "cpu") -> Extractor:
     return _load(path, device)
 
 
-__all__ = ["__version__", "load"]
+def train(recipe: Any, run_dir: Any = None, export: bool = True, **overrides: Any) -> Run:
+    """Train a recipe and export it: ``acclimate.train("recipes/demo.yaml", trainer={"max_epochs":
+    2})`` -> a `Run` (folder, metrics, export path). See `acclimate.api.train`."""
+    from acclimate.api import train as _train
+
+    return _train(recipe, run_dir=run_dir, export=export, **overrides)
+
+
+__all__ = ["__version__", "load", "train"]

@@ -15,6 +15,7 @@ from acclimate.data.datamodule import eval_loader
 from acclimate.eval.evaluate import EvalSettings
 from acclimate.eval.features import extract_features
 from acclimate.eval.knn import knn_accuracy
+from acclimate.guard import DIVERGED_HINT, TrainingFailed, non_finite_tensors
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None
     ) -> None:
         path = Path(path)
+        bad = non_finite_tensors(checkpoint.get("state_dict", {}))
+        if bad:  # never replace a good checkpoint with a diverged one
+            raise TrainingFailed(
+                f"not writing {path}: {len(bad)} weight tensor(s) hold NaN or inf (first: "
+                f"{bad[0]}); training diverged. To fix: {DIVERGED_HINT}"
+            )
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         try:
@@ -35,6 +42,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
+        except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as RuntimeError
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise TrainingFailed(
+                f"could not write the checkpoint {path} ({first}); the previous checkpoint is "
+                f"kept. Free space on {path.parent} (or check its permissions), then resume "
+                "with `acclimate train --resume RUN_DIR`"
+            ) from None
         finally:
             if tmp.exists():
                 tmp.unlink()
@@ -89,6 +103,6 @@ class KNNMonitor(pl.Callback):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         n = self.settings.every_n_epochs
-        last = trainer.current_epoch + 1 >= (trainer.max_epochs or 0)
+        last = 0 < (trainer.max_epochs or 0) <= trainer.current_epoch + 1  # -1: a time budget
         if n and ((trainer.current_epoch + 1) % n == 0 or last):
             self._measure(trainer, module)

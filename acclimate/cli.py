@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import json
+import errno
 import logging
 import os
 import sys
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from acclimate.errors import AcclimateError
+from acclimate.errors import AcclimateError, TrainingFailed
 from acclimate.fileio import write_json_atomic
 
 log = logging.getLogger("acclimate")
@@ -25,10 +25,11 @@ _save_json = write_json_atomic
 
 def cmd_train(args: argparse.Namespace) -> int:
     from acclimate.config import load_recipe
-    from acclimate.training import resume_recipe, summarize, train
+    from acclimate.training import check_resumable, resume_recipe, summarize, train
 
     if args.resume:
         overrides = ([args.recipe] if args.recipe else []) + args.overrides
+        check_resumable(args.resume)  # before anything of the run is read or rewritten
         recipe = resume_recipe(args.resume, overrides)
         run_dir, metrics = train(recipe, args.resume, resume=True)
     else:
@@ -43,29 +44,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from acclimate.export.artifact import export_backbone
-    from acclimate.export.load import resolve_model
+    from acclimate.api import export_run
 
-    resolved = resolve_model(args.run, which="student" if args.student else "teacher")
-    meta = resolved.metadata
-    run = Path(args.run)
-    run_dir = run if run.is_dir() else run.parent.parent
-    metrics_file = run_dir / "metrics.json"
-    metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
-    out = export_backbone(
-        resolved.model,
-        args.out,
-        mean=resolved.mean,
-        std=resolved.std,
-        image_size=resolved.image_size,
-        recipe=meta.get("recipe"),
-        metrics=metrics,
-        source=resolved.description,
-        bands=meta.get("bands"),
-        statistics=meta.get("statistics"),
-        clip=meta.get("clip"),
-    )
-    print(f"exported {resolved.description} to {out}")
+    out = export_run(args.run, args.out, student=args.student)
+    print(f"exported {args.run} ({'student' if args.student else 'teacher'}) to {out}")
     if args.onnx:
         from acclimate.export.onnx import add_onnx
 
@@ -84,8 +66,11 @@ def cmd_probe(args: argparse.Namespace) -> int:
     from acclimate.eval.evaluate import EvalSettings, labelled_splits, score_features
     from acclimate.eval.features import extract_features
     from acclimate.export import load, write_model_card
+    from acclimate.export.artifact import read_json
+    from acclimate.preflight import check_writable_dir
 
     ex = load(args.dir)
+    check_writable_dir(Path(args.dir) / "probes", "export folder's probes folder", "fix it")
     settings = EvalSettings(
         train_split=args.train_split,
         test_split=args.test_split,
@@ -116,7 +101,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     }
     _save_json(probes / f"{name}.json", info)
     all_metrics_file = Path(args.dir) / "metrics.json"
-    all_metrics = json.loads(all_metrics_file.read_text()) if all_metrics_file.exists() else {}
+    all_metrics = read_json(all_metrics_file) if all_metrics_file.is_file() else {}
     all_metrics.setdefault("probes", {})[name] = metrics
     _save_json(all_metrics_file, all_metrics)
     write_model_card(args.dir)
@@ -132,7 +117,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from acclimate.eval.evaluate import EvalSettings, labelled_splits
     from acclimate.eval.report import ReportSettings, measure_features, split_features, write_report
     from acclimate.export.load import resolve_model
+    from acclimate.preflight import check_writable_dir
 
+    check_writable_dir(args.out, "report folder", "choose another --out")
     settings = EvalSettings(
         train_split=args.train_split,
         test_split=args.test_split,
@@ -189,7 +176,7 @@ def _record_evaluation(results: dict[str, Any], report: Path) -> None:
     """Put the headline numbers of every evaluated model into each evaluated export folder's
     acclimate.json and re-render its model card."""
     from acclimate.eval.report import headline
-    from acclimate.export.artifact import META_FILE, write_model_card
+    from acclimate.export.artifact import META_FILE, read_export_meta, write_model_card
 
     summary = {
         "data": results["data"],
@@ -200,7 +187,7 @@ def _record_evaluation(results: dict[str, Any], report: Path) -> None:
     for spec in results["models"]:
         meta_file = Path(spec) / META_FILE
         if meta_file.is_file():
-            meta = json.loads(meta_file.read_text())
+            meta = read_export_meta(spec)
             meta["evaluation"] = {**summary, "this": spec}
             _save_json(meta_file, meta)
             write_model_card(spec)
@@ -227,9 +214,11 @@ def _embed_source(
 def cmd_embed(args: argparse.Namespace) -> int:
     from acclimate.eval.embed import files_list_path, save_features, write_index
     from acclimate.export.load import resolve_model
+    from acclimate.preflight import check_writable_dir
 
     if args.faiss and args.kind == "patch":
         raise UsageError("--faiss indexes one vector per image: use --kind pooled or cls")
+    check_writable_dir(Path(args.out).parent, "folder of --out", "choose another --out")
     r = resolve_model(
         args.model, weights=args.weights, image_size=args.image_size, in_chans=args.channels
     )
@@ -312,7 +301,7 @@ def _band_list(text: str | None) -> list[int | str] | None:
 
 def cmd_stats(args: argparse.Namespace) -> int:
     from acclimate.data.datamodule import resolve_split
-    from acclimate.data.readers import ReadOptions
+    from acclimate.data.readers import DEFAULT_MAX_PIXELS, ReadOptions
     from acclimate.data.sources import open_source
     from acclimate.data.stats import cached_stats_file, check_clip, save_stats, source_stats
 
@@ -327,6 +316,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
         band_names=None if names is None else tuple(n.strip() for n in names),
         window=None if window is None else (window[0], window[1]),
         slice_axis=args.slice_axis,
+        nodata=args.nodata,
+        max_pixels=args.max_pixels if args.max_pixels is not None else DEFAULT_MAX_PIXELS,
     )
     clip = None
     if args.clip:
@@ -337,7 +328,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     split = None if args.split == "all" else resolve_split(args.source, args.split)
     src = open_source(args.source, split, channels=channels, options=options)
     stats = source_stats(src, max_images=args.max_images, clip=clip)
-    result = {"source": str(args.source), "split": split, "options": options.__dict__, **stats}
+    result = {"source": str(args.source), "split": split, "options": options.to_dict(), **stats}
     written = [Path(args.out)] if args.out else []
     cache = cached_stats_file(args.source, split, channels, options)
     if cache is not None:
@@ -345,6 +336,12 @@ def cmd_stats(args: argparse.Namespace) -> int:
     for path in written:
         save_stats(path, result)
     mean, std = stats["mean"], stats["std"]
+    if stats["unreadable"] or stats["nodata_values"]:
+        print(
+            f"left out: {stats['unreadable']} unreadable image(s), {stats['nodata_values']} "
+            f"nodata/non-finite value(s) in {stats['nodata_images']} image(s) "
+            "(named in the log)"
+        )
     print(f"mean: {[round(m, 4) for m in mean]}\nstd:  {[round(s, 4) for s in std]}")
     for p in ("1", "99"):
         if p in stats["percentiles"]:
@@ -528,6 +525,17 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--window", help="CENTRE,WIDTH window in raw/physical units (DICOM, NIfTI)")
     st.add_argument("--slice-axis", type=int, default=2, help="NIfTI slicing axis")
     st.add_argument(
+        "--nodata",
+        type=float,
+        help="a stored value meaning no data (data.nodata), besides NaN, inf, |v| >= 3.4e38 "
+        "and the files' GDAL nodata tag",
+    )
+    st.add_argument(
+        "--max-pixels",
+        type=int,
+        help="skip images declaring more pixels (data.max_pixels; default 8192 x 8192)",
+    )
+    st.add_argument(
         "--max-images", type=int, default=10000, help="random sample size (one streaming pass)"
     )
     st.add_argument(
@@ -544,6 +552,29 @@ class UsageError(AcclimateError):
     """A command-line mistake, reported in one line."""
 
 
+# The exit status of a command stopped by a user-facing error (as argparse's own usage errors).
+ERROR_EXIT = 2
+# The exit status of a run that stopped itself (diverged, collapsed, a rank died).
+FAILED_EXIT = 1
+
+_OS_FIXES = {
+    errno.ENOSPC: "free some disk space or write to another disk",
+    errno.EDQUOT: "free some space (disk quota) or write elsewhere",
+    errno.EACCES: "fix its permissions or choose another location",
+    errno.EPERM: "fix its permissions or choose another location",
+    errno.EROFS: "it is on a read-only file system: choose another location",
+}
+
+
+def os_error_line(e: OSError) -> str:
+    """One line for an OSError met while reading or writing a user's path: the path, the
+    system's reason and, for full disks and permissions, the fix."""
+    if e.filename is None or e.strerror is None:
+        return str(e) or type(e).__name__  # raised with a message of its own
+    fix = _OS_FIXES.get(e.errno)
+    return f"{e.filename}: {e.strerror}" + (f"; {fix}" if fix else "")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -554,11 +585,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.filterwarnings("ignore", ".*Checkpoint directory .* exists and is not empty.*")
     try:
         return args.fn(args)
-    except (AcclimateError, FileNotFoundError) as e:
+    except (AcclimateError, OSError) as e:
         if os.environ.get("ACCLIMATE_DEBUG"):
             raise
-        print(f"acclimate {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        line = str(e) if isinstance(e, AcclimateError) else os_error_line(e)
+        line = " ".join(line.split())  # one line, whatever the message held
+        print(f"acclimate {args.command}: error: {line}", file=sys.stderr)
+        return FAILED_EXIT if isinstance(e, TrainingFailed) else ERROR_EXIT
 
 
 if __name__ == "__main__":

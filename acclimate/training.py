@@ -8,6 +8,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.strategies import DDPStrategy, Strategy
 
 from acclimate.adapters import (
     AdapterCheckpoint,
@@ -24,6 +26,7 @@ from acclimate.adapters import (
     base_reference,
 )
 from acclimate.backbones import create_backbone
+from acclimate.budget import TimeBudget, parse_duration
 from acclimate.callbacks import AtomicCheckpointIO, KNNMonitor, RunMetadata
 from acclimate.config import ConfigError, Recipe, construct, load_recipe
 from acclimate.data.datamodule import SSLDataModule, describe_normalization
@@ -37,6 +40,9 @@ from acclimate.eval.evaluate import (
     labelled_splits,
 )
 from acclimate.fileio import write_json_atomic, write_text_atomic
+from acclimate.guard import TrainingGuard
+from acclimate.preflight import check_run_dir, estimate_checkpoint_bytes, load_checkpoint_file
+from acclimate.resume import RNGState, latest_checkpoint, remove_orphans
 from acclimate.ssl import METHODS, OptimSettings
 
 log = logging.getLogger(__name__)
@@ -49,6 +55,10 @@ class TrainerSettings:
     Args:
         max_epochs: passes over the training source.
         max_steps: stop after this many optimisation steps (-1: no limit).
+        max_time: a time budget for the whole run, ``DD:HH:MM:SS`` (e.g. ``00:00:30:00``):
+            the run measures its speed on its first steps and plans its total steps so that
+            training, checkpoint and the after-evaluation end in time; every schedule spans the
+            plan. ``max_epochs`` is then ignored; ``max_steps`` still caps the plan.
         accelerator, devices, num_nodes, strategy: as in Lightning (``auto``, ``cpu``, ``gpu``;
             ``ddp``, ``fsdp``); launch multi-node runs with torchrun or SLURM.
         precision: ``32-true``, ``bf16-mixed`` (CPU and recent GPUs) or ``16-mixed`` (GPU).
@@ -56,6 +66,14 @@ class TrainerSettings:
         gradient_clip_val: clip the global gradient norm (DINO: 3.0); null disables.
         log_every_n_steps: TensorBoard logging period.
         checkpoint_every_n_epochs: keep a periodic checkpoint besides ``last.ckpt``.
+        checkpoint_every_n_steps: also checkpoint every N optimisation steps (the newest one is
+            kept), so a killed run loses at most N steps; 0 disables. Resume is exact from any
+            checkpoint: it holds the data position and random-number state.
+        timeout_s: seconds a process waits for the others in a collective before the whole
+            job stops (a rank that died ends the job instead of hanging it).
+        collapse_spread, collapse_steps: stop when the spread of the student's embeddings
+            across the batch (about 1 when healthy, 0 when collapsed) stays below
+            ``collapse_spread`` for ``collapse_steps`` steps; 0 steps only logs it.
         limit_train_batches: batches per epoch (a fraction or a count), for quick trials.
         progress_bar: show a progress bar.
         deterministic: ask for deterministic kernels (slower).
@@ -67,6 +85,7 @@ class TrainerSettings:
 
     max_epochs: int = 10
     max_steps: int = -1
+    max_time: str | None = None
     accelerator: str = "auto"
     devices: int | str | list[int] = "auto"
     num_nodes: int = 1
@@ -76,30 +95,65 @@ class TrainerSettings:
     gradient_clip_val: float | None = 3.0
     log_every_n_steps: int = 10
     checkpoint_every_n_epochs: int = 1
+    checkpoint_every_n_steps: int = 0
+    timeout_s: float = 1800.0
+    collapse_spread: float = 0.02
+    collapse_steps: int = 200
     limit_train_batches: int | float | None = None
     progress_bar: bool = True
     deterministic: bool = False
     sync_batchnorm: bool = False
 
-    def _strategy(self) -> str:
-        # The backbone gets no gradient during the frozen warm-up (and frozen adapter layers
-        # never do): plain DDP would stop on parameters without gradients.
-        return "ddp_find_unused_parameters_true" if self.strategy == "ddp" else self.strategy
+    def world_size(self) -> int:
+        """Processes this run will use (devices x nodes), as far as it is known before start."""
+        return device_count(self.devices, self.accelerator) * self.num_nodes
 
-    def build(self, run_dir: Path, callbacks: list[pl.Callback]) -> pl.Trainer:
+    def _strategy(self) -> str | Strategy:
+        # The backbone gets no gradient during the frozen warm-up (and frozen adapter layers
+        # never do): plain DDP would stop on parameters without gradients. Several devices with
+        # the default strategy get the same DDP set-up; every DDP run gets the timeout.
+        ddp = ("ddp", "ddp_find_unused_parameters_true")
+        if self.strategy in ddp or (self.strategy == "auto" and self.world_size() > 1):
+            return DDPStrategy(
+                find_unused_parameters=True, timeout=timedelta(seconds=self.timeout_s)
+            )
+        return self.strategy
+
+    def build(self, run_dir: Path, callbacks: list[pl.Callback], seed: int = 0) -> pl.Trainer:
+        folder = run_dir / "checkpoints"
         ckpt = ModelCheckpoint(
-            dirpath=run_dir / "checkpoints",
+            dirpath=folder,
             filename="epoch{epoch:03d}",
             auto_insert_metric_name=False,
             every_n_epochs=self.checkpoint_every_n_epochs,
             save_top_k=-1,
             save_last=True,
         )
-        callbacks = [ckpt, LearningRateMonitor(logging_interval="step"), *callbacks]
+        checkpoints: list[pl.Callback] = [ckpt]
+        if self.checkpoint_every_n_steps > 0:
+            checkpoints.append(
+                ModelCheckpoint(
+                    dirpath=folder,
+                    filename="step{step:07d}",
+                    auto_insert_metric_name=False,
+                    every_n_train_steps=self.checkpoint_every_n_steps,
+                    save_top_k=1,  # the newest only: written before the previous is removed
+                )
+            )
+        guard = TrainingGuard(self.collapse_spread, self.collapse_steps)
+        if self.max_time is not None:  # the deadline is set once the run knows its start-up time
+            checkpoints.append(TimeBudget(deadline=float("inf"), max_steps=self.max_steps))
+        callbacks = [
+            *checkpoints,
+            LearningRateMonitor(logging_interval="step"),
+            RNGState(seed),
+            guard,
+            *callbacks,
+        ]
         if self.progress_bar:
             callbacks.append(TQDMProgressBar(refresh_rate=1))
         return pl.Trainer(
-            max_epochs=self.max_epochs,
+            max_epochs=-1 if self.max_time is not None else self.max_epochs,
             max_steps=self.max_steps,
             accelerator=self.accelerator,
             devices=self.devices,
@@ -116,10 +170,27 @@ class TrainerSettings:
             logger=TensorBoardLogger(str(run_dir), name="tensorboard", version=""),
             callbacks=callbacks,
             plugins=[AtomicCheckpointIO()],
+            use_distributed_sampler=False,  # ResumableSampler shards the data itself
             num_sanity_val_steps=0,
             limit_val_batches=0,
             enable_model_summary=False,
         )
+
+
+def device_count(devices: int | str | list[int], accelerator: str = "auto") -> int:
+    """How many devices a Lightning ``devices`` value means on this machine (``auto`` and -1:
+    every GPU when the accelerator can be a GPU and one is present, else 1)."""
+    if isinstance(devices, list):
+        return len(devices)
+    if isinstance(devices, str):
+        text = devices.strip()
+        if "," in text:
+            return len([d for d in text.split(",") if d.strip()])
+        devices = -1 if text == "auto" else int(text) if text.lstrip("-").isdigit() else 1
+    if devices == -1:
+        gpu_ok = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+        return torch.cuda.device_count() if gpu_ok else 1
+    return max(int(devices), 1)
 
 
 RUN_DIR_ENV = "ACCLIMATE_RUN_DIR"
@@ -137,13 +208,26 @@ def _run_dir(recipe: Recipe, run_dir: str | Path | None) -> Path:
         )
     path = Path(run_dir)
     os.environ[RUN_DIR_ENV] = str(path)
-    if (path / "checkpoints" / "last.ckpt").exists():
+    if latest_checkpoint(path) is not None:
         raise ConfigError(
             f"{path} already holds a run; resume it with `acclimate train --resume {path}` "
             "or choose another run_dir"
         )
-    path.mkdir(parents=True, exist_ok=True)
+    check_run_dir(path, 0)  # a file in the way, no permission: one line before any work
     return path
+
+
+def check_resumable(run_dir: str | Path) -> Path:
+    """The checkpoint that resuming ``run_dir`` will load (the newest complete one), checked to
+    be a readable acclimate checkpoint before anything of the run is rewritten."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ConfigError(f"{run_dir}: not a run folder; --resume takes the folder of a run")
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is None:
+        raise ConfigError(f"{run_dir}: no checkpoint in checkpoints/ to resume from")
+    load_checkpoint_file(ckpt)
+    return ckpt
 
 
 def _log_to_file(run_dir: Path) -> logging.Handler:
@@ -207,9 +291,12 @@ def train(
 ) -> tuple[Path, dict[str, Any]]:
     """Run a recipe end to end; return the run folder and its metrics.
 
-    With ``resume``, ``run_dir`` must be an existing run: training continues from its
-    ``checkpoints/last.ckpt`` with the saved recipe (plus any new overrides).
+    With ``resume``, ``run_dir`` must be an existing run: training continues from its newest
+    checkpoint (`check_resumable`) with the saved recipe (plus any new overrides), exactly as
+    if it had never stopped.
     """
+    if resume:
+        check_resumable(run_dir)  # type: ignore[arg-type]
     run_dir = Path(run_dir) if resume else _run_dir(recipe, run_dir)  # type: ignore[arg-type]
     handler = _log_to_file(run_dir)
     try:
@@ -219,10 +306,12 @@ def train(
 
 
 def _train(recipe: Recipe, run_dir: Path, resume: bool) -> tuple[Path, dict[str, Any]]:
+    started = time.monotonic()
     pl.seed_everything(recipe.data["seed"], workers=True)
     torch.set_float32_matmul_precision("high")
     backbone = construct(recipe, "backbone", create_backbone)
     dm = construct(recipe, "data", SSLDataModule, bad_file_log=run_dir / "bad_files.txt")
+    dm.seed = recipe.data["seed"]
     mean, std = dm.normalization(getattr(backbone, "pretrained_cfg", None))
     recipe.data["data"]["mean"], recipe.data["data"]["std"] = mean, std
     log.info("normalisation: %s", describe_normalization(mean, std))
@@ -291,12 +380,15 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool) -> tuple[Path, dict[str,
     if adapter.active:
         callbacks.append(AdapterCheckpoint(base, adapter.save_base))
     settings = construct(recipe, "trainer", TrainerSettings)
-    trainer = settings.build(run_dir, callbacks)
+    trainer = settings.build(run_dir, callbacks, seed=recipe.data["seed"])
     params = {"params/backbone_trainable": report.trainable, "params/backbone_total": report.total}
     for lg in trainer.loggers if not resume else []:
         lg.log_hyperparams(params)
         lg.log_metrics({**params, "params/backbone_trainable_pct": report.percent}, step=0)
 
+    if trainer.is_global_zero:  # before the before-evaluation: room for the checkpoints
+        remove_orphans(run_dir / "checkpoints")
+        check_run_dir(run_dir, estimate_checkpoint_bytes(module))
     metrics_path = run_dir / "metrics.json"
     metrics: dict[str, Any] = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
     if sources is not None and trainer.is_global_zero:
@@ -304,6 +396,7 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool) -> tuple[Path, dict[str,
         if test_images_seen:
             _save_json(metrics_path, metrics)
     do_eval = sources is not None and eval_settings.before_after and trainer.is_global_zero
+    evaluated = time.monotonic()
     if do_eval and "before" not in metrics:
         log.info("measuring the starting backbone (frozen features, kNN + linear probe)")
         metrics["before"], _ = evaluate_backbone(
@@ -311,10 +404,23 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool) -> tuple[Path, dict[str,
         )
         _save_json(metrics_path, metrics)
         log.info("before: %s", metrics["before"])
+    eval_s = time.monotonic() - evaluated
     del start
+    if settings.max_time is not None:
+        budget = next(c for c in trainer.callbacks if isinstance(c, TimeBudget))
+        reserve = (1.2 * eval_s + 5.0) if do_eval else 5.0  # the after-evaluation and saving
+        budget.deadline = started + parse_duration(settings.max_time).total_seconds() - reserve
+        log.info(
+            "time budget %s: %.0f s of it left for training (%.0f s kept for the evaluation)",
+            settings.max_time,
+            budget.deadline - time.monotonic(),
+            reserve,
+        )
 
-    ckpt = run_dir / "checkpoints" / "last.ckpt"
-    trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if resume else None, weights_only=True)
+    ckpt = latest_checkpoint(run_dir) if resume else None
+    if ckpt is not None:
+        log.info("resuming from %s", ckpt)
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt and str(ckpt), weights_only=True)
 
     bad = read_bad_file_log(run_dir / "bad_files.txt")
     if bad:
@@ -352,6 +458,6 @@ def clip_metadata(
 def resume_recipe(run_dir: str | Path, overrides: list[str]) -> Recipe:
     """The saved recipe of a run, with new overrides (e.g. ``trainer.max_epochs=20``)."""
     path = Path(run_dir) / "recipe.yaml"
-    if not (Path(run_dir) / "checkpoints" / "last.ckpt").exists():
-        raise ConfigError(f"{run_dir}: no checkpoints/last.ckpt to resume from")
+    if latest_checkpoint(run_dir) is None:
+        raise ConfigError(f"{run_dir}: no checkpoint in checkpoints/ to resume from")
     return load_recipe(path, overrides)

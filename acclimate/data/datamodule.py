@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import math
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -13,7 +15,7 @@ import lightning.pytorch as pl
 from torch.utils.data import DataLoader
 
 from acclimate.data.dataset import ImageDataset, bad_file_counts, collate_kept
-from acclimate.data.readers import DataError, ReadOptions, tiff_band_names
+from acclimate.data.readers import DEFAULT_MAX_PIXELS, DataError, ReadOptions, tiff_band_names
 from acclimate.data.sources import (
     FileSource,
     ImageSource,
@@ -29,6 +31,7 @@ from acclimate.data.stats import (
     save_stats,
     source_stats,
 )
+from acclimate.resume import ResumableLoader, trainer_position
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +64,20 @@ class SSLDataModule(pl.LightningDataModule):
         window: [centre, width] in raw or physical units (HU for CT) mapping values to [0, 1];
             null: DICOM uses the file's window, other formats their documented scaling.
         slice_axis: NIfTI volumes are cut into 2D slices along this axis.
+        nodata: a stored value that means "no data" in your files (e.g. -9999, or 0 for an 8-bit
+            GeoTIFF's empty border), compared with the values as the file stores them. NaN,
+            +/-inf, |v| >= 3.4e38 (GDAL's float nodata) and the file's GDAL_NODATA tag are
+            always missing; set this only when the files use another value without the tag.
+            Missing values never enter the statistics; a tile with more than half of its values
+            missing is skipped (reason ``nodata`` in bad_files.txt).
+        nodata_fill: what missing values become before normalisation: ``mean`` (the channel
+            mean used for normalisation, the data's own with ``mean: auto``, so they become 0;
+            recorded in the export) or a number in the readers' units. Change it when a
+            constant such as 0 means "nothing here" to the model better than the mean.
+        max_pixels: images declaring more pixels (width x height, from the header, before
+            decoding) are skipped as ``too large``: decompression bombs and whole scenes that
+            would exhaust memory. The default, 8192 x 8192 (67 M), is below PIL's own limit;
+            raise it for larger single images (a Sentinel-2 granule is 10980 x 10980, 121 M).
         image_size: side of the global crops and of evaluation/export inputs.
         mean, std: per-channel normalisation in [0, 1] units; ``auto`` computes them from the
             training images (recorded in the run folder and the export), ``backbone`` uses the
@@ -90,6 +107,9 @@ class SSLDataModule(pl.LightningDataModule):
         band_names: list[str] | None = None,
         window: list[float] | None = None,
         slice_axis: int = 2,
+        nodata: float | None = None,
+        nodata_fill: float | Literal["mean"] = "mean",
+        max_pixels: int = DEFAULT_MAX_PIXELS,
         image_size: int = 224,
         mean: Normalization = "auto",
         std: Normalization = "auto",
@@ -110,6 +130,10 @@ class SSLDataModule(pl.LightningDataModule):
             raise ValueError(f"bands lists {len(bands)} bands but channels is {channels}")
         if window is not None and (len(window) != 2 or window[1] <= 1):
             raise ValueError(f"window must be [centre, width] with width > 1, got {window}")
+        if max_pixels < 1:
+            raise ValueError(f"max_pixels must be a positive pixel count, got {max_pixels}")
+        if nodata_fill != "mean" and not math.isfinite(nodata_fill):
+            raise ValueError(f"nodata_fill must be 'mean' or a finite number, got {nodata_fill}")
         if not 0 <= max_bad_fraction < 1:
             raise ValueError(f"max_bad_fraction must be in [0, 1), got {max_bad_fraction}")
         for name, value in (("mean", mean), ("std", std)):
@@ -123,6 +147,9 @@ class SSLDataModule(pl.LightningDataModule):
             band_names=None if band_names is None else tuple(band_names),
             window=None if window is None else (float(window[0]), float(window[1])),
             slice_axis=slice_axis,
+            nodata=None if nodata is None else float(nodata),
+            nodata_fill=nodata_fill if nodata_fill == "mean" else float(nodata_fill),
+            max_pixels=int(max_pixels),
         )
         self.image_size = image_size
         self.mean, self.std = mean, std
@@ -134,6 +161,7 @@ class SSLDataModule(pl.LightningDataModule):
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.transform = transform
+        self.seed = 0  # the run's seed (set by training): data order and augmentation
         self.bad_file_log = bad_file_log
         self.source: ImageSource = open_source(
             train, self.split, channels=channels, options=self.options
@@ -215,9 +243,21 @@ class SSLDataModule(pl.LightningDataModule):
         return [float(v) for v in entry["low"]], [float(v) for v in entry["high"]]
 
     def normalization(self, backbone_cfg: dict | None = None) -> tuple[list[float], list[float]]:
-        """Resolve ``mean``/``std``: given lists, the backbone's, or from the data's statistics."""
+        """Resolve ``mean``/``std``: given lists, the backbone's, or from the data's statistics.
+
+        With ``nodata_fill: mean`` this also fixes the fill of missing values to the mean
+        returned, in ``options`` and the source (so training, the evaluation sources opened
+        with ``options`` and the export's ``reader`` all fill alike)."""
+        mean, std = self._normalization(backbone_cfg)
+        if self.options.nodata_fill == "mean":
+            self.options = dataclasses.replace(self.options, nodata_fill=tuple(mean))
+            if isinstance(self.source, FileSource):
+                self.source.options = self.options
+        return mean, std
+
+    def _normalization(self, backbone_cfg: dict | None) -> tuple[list[float], list[float]]:
         if isinstance(self.mean, list) and isinstance(self.std, list):
-            return list(self.mean), list(self.std)
+            return [float(m) for m in self.mean], [float(s) for s in self.std]
         if "backbone" in (self.mean, self.std):
             cfg = backbone_cfg or {}
             mean = list(cfg.get("mean", IMAGENET_MEAN))
@@ -234,6 +274,8 @@ class SSLDataModule(pl.LightningDataModule):
         return [float(m) for m in mean], [float(s) for s in std]
 
     def train_dataloader(self) -> DataLoader:
+        """Shuffled multi-crop batches, resumable mid-epoch (`acclimate.resume`): the order and
+        each item's augmentation are functions of (``seed``, epoch, index)."""
         if self.transform is None:
             raise RuntimeError("SSLDataModule.transform must be set before training")
         dataset = ImageDataset(
@@ -243,10 +285,12 @@ class SSLDataModule(pl.LightningDataModule):
             skip_constant=self.skip_constant,
         )
         workers = min(self.num_workers, os.cpu_count() or 1)
-        return DataLoader(
+        trainer = self.trainer
+        return ResumableLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=True,
+            seed=self.seed,
+            position=lambda: trainer_position(trainer),
             drop_last=len(dataset) >= self.batch_size,
             num_workers=workers,
             persistent_workers=workers > 0,

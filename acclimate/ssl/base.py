@@ -11,6 +11,7 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
 
+from acclimate.ssl.anchor import StartAnchor, check_levers, upsample
 from acclimate.ssl.ema import cosine_momentum, update_ema
 from acclimate.ssl.optim import OptimSettings, param_groups
 from acclimate.ssl.schedules import warmup_cosine
@@ -36,6 +37,8 @@ class SSLModule(pl.LightningModule):
         self.backbone = backbone
         self.optim = optim or OptimSettings()
         self.batch_size = batch_size
+        self.teacher_scale, self.anchor_weight = 1.0, 0.0  # `init_levers` sets them
+        self.anchor: StartAnchor | None = None
 
     def save_method_hparams(self) -> None:
         """Save the calling ``__init__``'s arguments (and those of the subclasses' ``__init__``
@@ -43,6 +46,41 @@ class SSLModule(pl.LightningModule):
         frame = inspect.currentframe()
         self.save_hyperparameters(ignore=["backbone", "optim"], frame=frame and frame.f_back)
         self.hparams["optim"] = self.optim.to_dict()
+
+    # --- levers for a pretrained start (`acclimate.ssl.anchor`) --------------------------------
+    def init_levers(self, teacher_scale: float = 1.0, anchor_weight: float = 0.0) -> None:
+        """Upsample the teacher's views by ``teacher_scale``; with ``anchor_weight`` > 0, keep a
+        frozen copy of the backbone as it is now (the start) for `with_anchor`. Call it from the
+        constructor, before the backbone trains."""
+        check_levers(teacher_scale, anchor_weight)
+        self.teacher_scale, self.anchor_weight = float(teacher_scale), float(anchor_weight)
+        self.anchor = StartAnchor(self.backbone, teacher_scale) if anchor_weight > 0 else None
+
+    def teacher_view(self, x: Tensor) -> Tensor:
+        """A teacher's input: the view (B, C, H, W) upsampled by ``teacher_scale``."""
+        return upsample(x, self.teacher_scale)
+
+    def with_anchor(self, loss: Tensor, images: Tensor, feats: Tensor) -> Tensor:
+        """``loss + anchor_weight * anchor(images, feats)``; ``loss`` without an anchor.
+
+        images: (N, C, H, W) student views; feats: (N, D) the student backbone's features."""
+        if self.anchor is None:
+            return loss
+        term = self.anchor(images, feats)
+        self.log("anchor/loss", term.detach(), on_step=True, on_epoch=False, batch_size=len(feats))
+        return loss + self.anchor_weight * term
+
+    # The anchor is a copy of the start, rebuilt from the recipe: keep it out of checkpoints.
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        sd = checkpoint.get("state_dict", {})
+        for k in [k for k in sd if k.startswith("anchor.")]:
+            del sd[k]
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if self.anchor is not None:
+            sd = checkpoint.setdefault("state_dict", {})
+            for k, v in self.anchor.state_dict(prefix="anchor.").items():
+                sd.setdefault(k, v)
 
     # --- what subclasses provide -------------------------------------------------------------
     def head_modules(self) -> list[nn.Module]:
@@ -70,9 +108,19 @@ class SSLModule(pl.LightningModule):
             return max(int(total // epochs), 1)
         return max(math.ceil(batches / trainer.accumulate_grad_batches), 1)
 
+    planned_steps: int | None = None  # set by a time budget (`acclimate.budget.TimeBudget`)
+
     @property
     def total_steps(self) -> int:
-        return max(int(self.trainer.estimated_stepping_batches), 1)
+        """Optimisation steps of the whole run, which every schedule spans: the time budget's
+        plan, else Lightning's estimate from epochs/steps (provisionally 10 epochs while a
+        budget is still measuring the speed)."""
+        if self.planned_steps:
+            return self.planned_steps
+        estimate = self.trainer.estimated_stepping_batches
+        if not math.isfinite(estimate):
+            return self.steps_per_epoch * 10
+        return max(int(estimate), 1)
 
     @property
     def epoch_progress(self) -> float:

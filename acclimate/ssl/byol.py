@@ -28,6 +28,11 @@ class BYOL(MomentumModule):
         sync_bn_in_head: head BatchNorm statistics over every rank (the paper's setting).
         momentum: starting target EMA momentum, raised to ``momentum_end`` by a cosine schedule
             (paper: 0.996 -> 1; 0.99 adapts faster on small datasets).
+        teacher_scale: the teacher sees the views upsampled by this factor (bilinear), the
+            student the native ones (`acclimate.ssl.anchor`); 2-3.5 for small tiles and a
+            backbone pretrained at 224 px.
+        anchor_weight: weight of a distillation term from the frozen starting backbone
+            (cosine distance of pooled features, `acclimate.ssl.anchor`); 0 disables it.
     """
 
     def __init__(
@@ -40,9 +45,12 @@ class BYOL(MomentumModule):
         sync_bn_in_head: bool = True,
         momentum: float = 0.996,
         momentum_end: float = 1.0,
+        teacher_scale: float = 1.0,
+        anchor_weight: float = 0.0,
     ) -> None:
         super().__init__(backbone, batch_size, optim)
         self.save_method_hparams()
+        self.init_levers(teacher_scale, anchor_weight)
         in_dim = feature_dim(backbone)
         projector = MLPHead(in_dim, hidden_dim, dim, sync_bn=sync_bn_in_head)
         predictor = MLPHead(dim, hidden_dim, dim, sync_bn=sync_bn_in_head)
@@ -50,6 +58,7 @@ class BYOL(MomentumModule):
         self.criterion = BYOLLoss()
 
     def training_step(self, batch: tuple[dict, Tensor], batch_idx: int) -> Tensor:
-        loss = self.criterion(*self.predictions_and_targets(batch))
+        outputs, images, feats = self.predictions_and_targets(batch)
+        loss = self.with_anchor(self.criterion(*outputs), images, feats)
         self.log_loss(loss, {"byol/momentum": self.teacher_momentum()})
         return loss

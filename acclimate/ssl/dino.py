@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from acclimate.backbones import feature_dim
 from acclimate.ssl.base import MomentumTeacherModule
 from acclimate.ssl.center import Center
+from acclimate.ssl.diagnostics import teacher_student_stats
 from acclimate.ssl.heads import DINOHead
 from acclimate.ssl.losses import DINOLoss
 from acclimate.ssl.optim import OptimSettings
@@ -54,6 +55,12 @@ class DINO(MomentumTeacherModule):
         momentum_teacher: starting teacher EMA momentum, raised to ``momentum_teacher_end`` by a
             cosine schedule (paper: 0.996 -> 1). Raise it towards 0.999 on small datasets.
         freeze_last_layer_epochs: keep the prototype layer fixed this long (paper: 1 epoch).
+        teacher_scale: the teacher sees the global crops upsampled by this factor (bilinear),
+            the student the native ones: for small tiles (e.g. 64 px) and a backbone pretrained
+            at 224 px, 2-3.5 lets the student learn what the start sees at its own resolution.
+        anchor_weight: weight of a distillation term from the frozen starting backbone (the
+            cosine distance of pooled features, `acclimate.ssl.anchor`; 0 disables): targets
+            from step one and a pull against forgetting (GFM, ICCV 2023).
     """
 
     def __init__(
@@ -75,6 +82,8 @@ class DINO(MomentumTeacherModule):
         momentum_teacher: float = 0.996,
         momentum_teacher_end: float = 1.0,
         freeze_last_layer_epochs: float = 1.0,
+        teacher_scale: float = 1.0,
+        anchor_weight: float = 0.0,
     ) -> None:
         super().__init__(backbone, batch_size, optim)
         if not 0.0 <= momentum_teacher <= momentum_teacher_end <= 1.0:
@@ -94,6 +103,7 @@ class DINO(MomentumTeacherModule):
             use_bn=use_bn_in_head,
         )
         self.head = DINOHead(dim, out_dim, norm_last_layer=norm_last_layer, **head_args)
+        self.init_levers(teacher_scale, anchor_weight)
         self.teacher_backbone = copy.deepcopy(backbone).requires_grad_(False)
         self.teacher_head = copy.deepcopy(self.head).requires_grad_(False)
         self.center = Center(out_dim, center_momentum)
@@ -117,7 +127,8 @@ class DINO(MomentumTeacherModule):
         with torch.no_grad():
             self.teacher_backbone.eval()
             self.teacher_head.eval()
-            teacher_out = self.teacher_head(forward_by_size(self.teacher_backbone, globals_))
+            teacher_in = [self.teacher_view(g) for g in globals_]
+            teacher_out = self.teacher_head(forward_by_size(self.teacher_backbone, teacher_in))
         with self.maybe_frozen():
             feats = forward_by_size(self.backbone, globals_ + locals_)
         student_out = self.head(feats)
@@ -125,9 +136,26 @@ class DINO(MomentumTeacherModule):
         s_chunks = student_out.float().chunk(n_global + len(locals_))
         temp = self.teacher_temperature()
         loss = self.criterion(list(s_chunks), list(t_chunks), self.center(), temp)
+        n_g = globals_[0].shape[0] * n_global
+        loss = self.with_anchor(loss, torch.cat(globals_), feats[:n_g])
+        extra = {"dino/teacher_temp": temp, "dino/momentum": self.teacher_momentum()}
+        extra |= self.collapse_stats(t_chunks[0], s_chunks[0], temp)
         self.center.update(teacher_out.float())
-        self.log_loss(loss, {"dino/teacher_temp": temp, "dino/momentum": self.teacher_momentum()})
+        self.log_loss(loss, extra)
         return loss
+
+    def collapse_stats(self, teacher: Tensor, student: Tensor, temp: float) -> dict[str, Tensor]:
+        """Teacher entropy, batch entropy and KL(teacher || student) on one global view, every
+        ``log_every_n_steps`` steps (`acclimate.ssl.diagnostics`); {} on the other steps.
+
+        teacher, student: (B, K) logits of the same crops; the centre before this step's update.
+        """
+        every = getattr(self._trainer, "log_every_n_steps", None)  # None: no trainer
+        if not every or self.global_step % every:
+            return {}
+        probs = torch.softmax((teacher.float() - self.center()) / temp, dim=-1)
+        stats = teacher_student_stats(probs, student, self.hparams.student_temp)
+        return {f"collapse/{k}": v for k, v in stats.items()}
 
     def on_after_backward(self) -> None:
         """Keep the prototype layers of the DINO heads fixed for ``freeze_last_layer_epochs``."""

@@ -7,6 +7,7 @@ import copy
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from acclimate.backbones.formats import PRETRAINED_MASK_TOKEN
@@ -27,6 +28,16 @@ from acclimate.ssl.tokens import (
     require_token_vit,
     supports_token_masking,
 )
+
+
+def pool_tokens(tokens: Tensor, grid: tuple[int, int], to: tuple[int, int]) -> Tensor:
+    """Patch tokens (B, h * w, D) on a ``grid`` (h, w) -> (B, H * W, D) on the grid ``to``,
+    by area averaging: a teacher fed upsampled crops gives targets for the student's patches."""
+    if tuple(grid) == tuple(to):
+        return tokens
+    b, _, d = tokens.shape
+    maps = tokens.transpose(1, 2).reshape(b, d, *grid)
+    return F.adaptive_avg_pool2d(maps, to).flatten(2).transpose(1, 2)
 
 
 class DINOv2(DINO):
@@ -52,6 +63,11 @@ class DINOv2(DINO):
         centering: ``centering`` (DINO's running centre) or ``sinkhorn_knopp`` (no state; the
             paper's choice for its largest runs, steadier on small or imbalanced domains).
         sinkhorn_iters: Sinkhorn-Knopp rounds (paper: 3).
+        teacher_scale: the teacher sees the views upsampled by this factor (bilinear), the
+            student the native ones (`acclimate.ssl.anchor`); 2-3.5 for small tiles and a
+            backbone pretrained at 224 px.
+        anchor_weight: weight of a distillation term from the frozen starting backbone
+            (cosine distance of pooled features, `acclimate.ssl.anchor`); 0 disables it.
     """
 
     def __init__(
@@ -80,6 +96,8 @@ class DINOv2(DINO):
         ibot_separate_head: bool = False,
         centering: Literal["centering", "sinkhorn_knopp"] = "centering",
         sinkhorn_iters: int = 3,
+        teacher_scale: float = 1.0,
+        anchor_weight: float = 0.0,
     ) -> None:
         require_token_vit(backbone, "dinov2")
         if not 0 <= mask_ratio[0] <= mask_ratio[1] <= 1:
@@ -106,6 +124,8 @@ class DINOv2(DINO):
             momentum_teacher=momentum_teacher,
             momentum_teacher_end=momentum_teacher_end,
             freeze_last_layer_epochs=freeze_last_layer_epochs,
+            teacher_scale=teacher_scale,
+            anchor_weight=anchor_weight,
         )  # saves every argument above as hyperparameters
         self.mask_token = MaskToken(backbone.embed_dim)
         released = getattr(backbone, PRETRAINED_MASK_TOKEN, None)
@@ -153,9 +173,9 @@ class DINOv2(DINO):
         images = torch.cat(globals_)  # (G * B, C, H, W)
         vit, teacher = self.backbone, self.teacher_backbone
         n_prefix = vit.num_prefix_tokens
-        masks = block_masks(
-            images.shape[0], patch_grid(vit, images.shape[-2:]), tuple(h.mask_ratio), h.mask_prob
-        )  # (G * B, N); the same number of masked crops on every rank
+        grid = patch_grid(vit, images.shape[-2:])
+        # (G * B, N); the same number of masked crops on every rank
+        masks = block_masks(images.shape[0], grid, tuple(h.mask_ratio), h.mask_prob)
         use_ibot = h.ibot_weight > 0 and bool(masks.any())
         masks = masks.to(images.device)
         patch_head, teacher_patch_head = self._patch_heads()
@@ -163,9 +183,12 @@ class DINOv2(DINO):
         with torch.no_grad():
             for net in (teacher, self.teacher_head, teacher_patch_head):
                 net.eval()
-            t_tokens = encode_tokens(teacher, embed_tokens(teacher, images))
+            t_images = self.teacher_view(images)
+            t_tokens = encode_tokens(teacher, embed_tokens(teacher, t_images))
             t_cls = self.teacher_head(pooled(teacher, t_tokens)).float()
-            t_patch = teacher_patch_head(t_tokens[:, n_prefix:][masks]).float()
+            t_grid = patch_grid(teacher, t_images.shape[-2:])
+            t_patches = pool_tokens(t_tokens[:, n_prefix:], t_grid, grid)  # the student's grid
+            t_patch = teacher_patch_head(t_patches[masks]).float()
         # The mask token trains during the frozen warm-up too: the masked forward keeps its graph
         # (the backbone parameters, not autograd, are switched off).
         with self.maybe_frozen_params():
@@ -179,6 +202,7 @@ class DINOv2(DINO):
 
         temp = self.teacher_temperature()
         n_views = len(globals_) + len(locals_)
+        parts: dict[str, Tensor | float] = {}
         if h.centering == "sinkhorn_knopp":  # DINOLoss takes logits: softmax(log p / 1) = p
             t_log = sinkhorn_knopp(t_cls, temp, h.sinkhorn_iters).clamp(min=1e-30).log()
             zero = torch.zeros_like(self.center())
@@ -189,8 +213,11 @@ class DINOv2(DINO):
             dino = self.criterion(
                 list(s_cls.chunk(n_views)), list(t_cls.chunk(len(globals_))), self.center(), temp
             )
+            parts = self.collapse_stats(
+                t_cls.chunk(len(globals_))[0], s_cls.chunk(n_views)[0], temp
+            )
             self.center.update(t_cls)
-        loss, parts = dino, {"dinov2/dino": dino.detach()}
+        loss, parts = dino, {**parts, "dinov2/dino": dino.detach()}
         if use_ibot:
             s_patch = patch_head(tokens[:, n_prefix:][masks]).float()
             ibot = self.ibot_criterion(
@@ -200,6 +227,7 @@ class DINOv2(DINO):
                 self.ibot_center.update(t_patch)
             loss = loss + h.ibot_weight * ibot
             parts["dinov2/ibot"] = ibot.detach()
+        loss = self.with_anchor(loss, images, s_global)
         if h.koleo_weight > 0:
             koleo = sum(self.koleo(c) for c in s_global.chunk(len(globals_)))
             loss = loss + h.koleo_weight * koleo

@@ -53,6 +53,11 @@ class Distill(SSLModule):
         loss: ``cosine`` or ``smooth_l1`` on L2-normalised embeddings.
         smooth_l1_beta: threshold of the smooth-L1 loss.
         projection: ``auto`` = a linear layer only when the widths differ; ``linear`` = always.
+        teacher_scale: the teacher sees the views upsampled by this factor (bilinear), the
+            student the native ones (`acclimate.ssl.anchor`); 2-3.5 for small tiles and a
+            backbone pretrained at 224 px.
+        anchor_weight: weight of a distillation term from the frozen starting backbone
+            (cosine distance of pooled features, `acclimate.ssl.anchor`); 0 disables it.
     """
 
     def __init__(
@@ -66,11 +71,16 @@ class Distill(SSLModule):
         loss: Literal["cosine", "smooth_l1"] = "cosine",
         smooth_l1_beta: float = 0.1,
         projection: Literal["auto", "linear"] = "auto",
+        teacher_scale: float = 1.0,
+        anchor_weight: float = 0.0,
     ) -> None:
         super().__init__(backbone, batch_size, optim)
         if teacher_image_size is not None and teacher_image_size <= 0:
             raise ValueError(f"teacher_image_size must be positive, got {teacher_image_size}")
+        if teacher_image_size is not None and teacher_scale != 1.0:
+            raise ValueError("set teacher_image_size or teacher_scale, not both")
         self.save_method_hparams()
+        self.init_levers(teacher_scale, anchor_weight)
         teacher = create_backbone(teacher_name, teacher_weights, in_chans=input_channels(backbone))
         self.teacher = teacher.requires_grad_(False)  # eval mode is set at every use
         d_s, d_t = feature_dim(backbone), feature_dim(self.teacher)
@@ -96,25 +106,27 @@ class Distill(SSLModule):
         size = self.hparams.teacher_image_size
         if size is not None and x.shape[-2:] != (size, size):
             x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
-        return self.teacher(x)
+        return self.teacher(self.teacher_view(x))
 
     def training_step(self, batch: tuple[dict, Tensor], batch_idx: int) -> Tensor:
         x = torch.cat(two_views(batch))
         target = self.teacher_embed(x)
         with self.maybe_frozen():
             feats = self.backbone(x)
-        loss = self.criterion(self.projection(feats), target)
+        loss = self.with_anchor(self.criterion(self.projection(feats), target), x, feats)
         self.log_loss(loss)
         return loss
 
     # The frozen teacher is rebuilt from the recipe: keep it out of checkpoints (a ViT-L teacher
     # would add over 1 GB to every one).
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
         sd = checkpoint.get("state_dict", {})
         for k in [k for k in sd if k.startswith("teacher.")]:
             del sd[k]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
         sd = checkpoint.setdefault("state_dict", {})
         for k, v in self.teacher.state_dict(prefix="teacher.").items():
             sd.setdefault(k, v)

@@ -41,6 +41,8 @@ class MAE(SSLModule):
         decoder_dim, decoder_depth, decoder_heads: decoder shape (paper: 512, 8, 16; a fresh
             decoder on top of a pretrained encoder trains well with 256, 4, 8).
         norm_pix_loss: predict per-patch normalised pixels (paper: True).
+        anchor_weight: weight of a distillation term from the frozen starting backbone
+            (cosine distance of pooled features, `acclimate.ssl.anchor`); 0 disables it.
     """
 
     def __init__(
@@ -53,6 +55,7 @@ class MAE(SSLModule):
         decoder_depth: int = 4,
         decoder_heads: int = 8,
         norm_pix_loss: bool = True,
+        anchor_weight: float = 0.0,
     ) -> None:
         super().__init__(backbone, batch_size, optim)
         vit = require_token_vit(backbone, "mae")
@@ -68,6 +71,7 @@ class MAE(SSLModule):
             vit.embed_dim, ph * ph * in_chans, decoder_dim, decoder_depth, decoder_heads
         )
         self.criterion = MAELoss(norm_pix=norm_pix_loss)
+        self.init_levers(1.0, anchor_weight)
 
     @classmethod
     def check_backbone(cls, name: str) -> str | None:
@@ -100,6 +104,11 @@ class MAE(SSLModule):
 
     def training_step(self, batch: tuple[dict, Tensor], batch_idx: int) -> Tensor:
         views, _ = batch
-        loss, _, _ = self.forward_loss(views["global"][0], self.backbone_frozen)
+        images = views["global"][0]
+        loss, _, _ = self.forward_loss(images, self.backbone_frozen)
+        if self.anchor is not None:  # the anchor needs the encoder's features of whole images
+            with self.maybe_frozen():
+                feats = self.backbone(images)
+            loss = self.with_anchor(loss, images, feats)
         self.log_loss(loss)
         return loss

@@ -31,6 +31,11 @@ class MoCoV3(MomentumModule):
         temperature: tau (paper: 0.2 for ViT, 1.0 for ResNet).
         momentum: starting EMA momentum, raised to ``momentum_end`` by a cosine schedule
             (paper: 0.99 -> 1; raise towards 0.996 for small datasets or small batches).
+        teacher_scale: the teacher sees the views upsampled by this factor (bilinear), the
+            student the native ones (`acclimate.ssl.anchor`); 2-3.5 for small tiles and a
+            backbone pretrained at 224 px.
+        anchor_weight: weight of a distillation term from the frozen starting backbone
+            (cosine distance of pooled features, `acclimate.ssl.anchor`); 0 disables it.
     """
 
     def __init__(
@@ -46,9 +51,12 @@ class MoCoV3(MomentumModule):
         temperature: float = 0.2,
         momentum: float = 0.99,
         momentum_end: float = 1.0,
+        teacher_scale: float = 1.0,
+        anchor_weight: float = 0.0,
     ) -> None:
         super().__init__(backbone, batch_size, optim)
         self.save_method_hparams()
+        self.init_levers(teacher_scale, anchor_weight)
         projector = MLPHead(
             feature_dim(backbone),
             hidden_dim,
@@ -62,6 +70,7 @@ class MoCoV3(MomentumModule):
         self.criterion = MoCoV3Loss(temperature)
 
     def training_step(self, batch: tuple[dict, Tensor], batch_idx: int) -> Tensor:
-        loss = self.criterion(*self.predictions_and_targets(batch))  # q1, q2, k1, k2
+        outputs, images, feats = self.predictions_and_targets(batch)
+        loss = self.with_anchor(self.criterion(*outputs), images, feats)  # q1, q2, k1, k2
         self.log_loss(loss, {"moco/momentum": self.teacher_momentum()})
         return loss

@@ -29,6 +29,8 @@ class SimCLR(SSLModule):
         use_bn_in_head: BatchNorm in the projection head (the paper's code: yes).
         sync_bn_in_head: head BatchNorm statistics over every rank (the paper's global BN).
         temperature: NT-Xent tau (paper: 0.1 at batch 4096; use 0.2-0.5 for batches under 256).
+        anchor_weight: weight of a distillation term from the frozen starting backbone
+            (cosine distance of pooled features, `acclimate.ssl.anchor`); 0 disables it.
     """
 
     def __init__(
@@ -42,9 +44,11 @@ class SimCLR(SSLModule):
         use_bn_in_head: bool = True,
         sync_bn_in_head: bool = True,
         temperature: float = 0.1,
+        anchor_weight: float = 0.0,
     ) -> None:
         super().__init__(backbone, batch_size, optim)
         self.save_method_hparams()
+        self.init_levers(1.0, anchor_weight)
         self.projector = MLPHead(
             feature_dim(backbone),
             proj_hidden_dim,
@@ -59,10 +63,10 @@ class SimCLR(SSLModule):
         return [self.projector]
 
     def training_step(self, batch: tuple[dict, Tensor], batch_idx: int) -> Tensor:
-        x1, x2 = two_views(batch)
+        images = torch.cat(two_views(batch))
         with self.maybe_frozen():
-            feats = self.backbone(torch.cat([x1, x2]))
+            feats = self.backbone(images)
         z1, z2 = self.projector(feats).chunk(2)  # BN over both views, as in the paper's code
-        loss = self.criterion(z1, z2)
+        loss = self.with_anchor(self.criterion(z1, z2), images, feats)
         self.log_loss(loss)
         return loss

@@ -48,25 +48,27 @@ class MomentumModule(MomentumTeacherModule):
     def ema_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
         return [(self.teacher_backbone, self.backbone), (self.teacher_projector, self.projector)]
 
-    def predictions_and_targets(self, batch: tuple[dict, Tensor]) -> tuple[Tensor, ...]:
-        """(p1, p2, z1, z2): online predictions of both views (B, dim) and the momentum
-        encoder's projections of both views (B, dim, no gradient)."""
+    def predictions_and_targets(
+        self, batch: tuple[dict, Tensor]
+    ) -> tuple[tuple[Tensor, Tensor, Tensor, Tensor], Tensor, Tensor]:
+        """((p1, p2, z1, z2), images, feats): online predictions of both views (B, dim), the
+        momentum encoder's projections of both views (B, dim, no gradient; its input upsampled
+        by ``teacher_scale``), and the online backbone's input (2B, C, H, W) and features
+        (2B, D) for `with_anchor`."""
         views = list(two_views(batch))
-        p1, p2 = (self.predictor(z) for z in self.online_forward(views, self.projector))
-        z1, z2 = self.teacher_forward(views, self.teacher_projector)
-        return p1, p2, z1, z2
-
-    def online_forward(self, views: list[Tensor], head: nn.Module) -> list[Tensor]:
-        """V views (B, C, H, W) -> V (B, D) projections: one backbone pass on the concatenated
-        views, the head per view (its BatchNorm statistics are per view, as in the papers)."""
+        images = torch.cat(views)
         with self.maybe_frozen():
-            feats = self.backbone(torch.cat(views))
-        return [head(f) for f in feats.chunk(len(views))]
+            feats = self.backbone(images)
+        # the head per view: its BatchNorm statistics are per view, as in the papers
+        p1, p2 = (self.predictor(self.projector(f)) for f in feats.chunk(2))
+        z1, z2 = self.teacher_forward(views, self.teacher_projector)
+        return (p1, p2, z1, z2), images, feats
 
     @torch.no_grad()
     def teacher_forward(self, views: list[Tensor], head: nn.Module) -> list[Tensor]:
-        """Same for the momentum encoder: backbone in eval mode, head in train mode (its
-        BatchNorm uses batch statistics, as in the papers); no gradient."""
+        """V views (B, C, H, W) -> V (B, dim) momentum-encoder projections: backbone in eval
+        mode on the views upsampled by ``teacher_scale``, head in train mode (its BatchNorm uses
+        batch statistics, as in the papers); no gradient."""
         self.teacher_backbone.eval()
-        feats = self.teacher_backbone(torch.cat(views))
+        feats = self.teacher_backbone(self.teacher_view(torch.cat(views)))
         return [head(f) for f in feats.chunk(len(views))]

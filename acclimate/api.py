@@ -1,0 +1,97 @@
+"""The one-call Python API: ``acclimate.train(recipe, **overrides)``, the same path as
+``acclimate train`` followed by ``acclimate export``."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class Run:
+    """A finished run: its folder, its metrics (``metrics.json``) and its export folder."""
+
+    folder: Path
+    metrics: dict[str, Any] = field(default_factory=dict)
+    export: Path | None = None
+
+    def summary(self) -> str:
+        """One line: linear probe and kNN before -> after."""
+        from acclimate.training import summarize
+
+        return summarize(self.metrics)
+
+
+def as_overrides(overrides: dict[str, Any]) -> list[str]:
+    """``{"trainer": {"max_epochs": 2}, "optim.lr": 1e-3}`` -> ``["trainer.max_epochs=2",
+    "optim.lr=0.001"]``; values are written as YAML (JSON is YAML: null, true, [1, 2])."""
+    out: list[str] = []
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict) and value:
+            for k, v in value.items():
+                walk(f"{prefix}.{k}", v)
+        else:
+            out.append(f"{prefix}={json.dumps(value)}")
+
+    for key, value in overrides.items():
+        walk(key, value)
+    return out
+
+
+def export_run(run: str | Path, out: str | Path, student: bool = False) -> Path:
+    """Export a run folder or checkpoint (its newest checkpoint; the EMA teacher unless
+    ``student``) to a timm-loadable folder with the run's metrics; returns the folder."""
+    from acclimate.export.artifact import export_backbone, read_json
+    from acclimate.export.load import resolve_model
+
+    resolved = resolve_model(run, which="student" if student else "teacher")
+    meta = resolved.metadata
+    run = Path(run)
+    run_dir = run if run.is_dir() else run.parent.parent
+    metrics_file = run_dir / "metrics.json"
+    return export_backbone(
+        resolved.model,
+        out,
+        mean=resolved.mean,
+        std=resolved.std,
+        image_size=resolved.image_size,
+        recipe=meta.get("recipe"),
+        metrics=read_json(metrics_file) if metrics_file.is_file() else {},
+        source=resolved.description,
+        bands=meta.get("bands"),
+        statistics=meta.get("statistics"),
+        clip=meta.get("clip"),
+    )
+
+
+def train(
+    recipe: str | Path,
+    run_dir: str | Path | None = None,
+    export: bool = True,
+    resume: bool = False,
+    **overrides: Any,
+) -> Run:
+    """Train a recipe end to end (before/after evidence included) and export the result.
+
+    ``overrides`` are recipe keys, nested or dotted: ``acclimate.train("recipes/demo.yaml",
+    trainer={"max_epochs": 2}, **{"optim.lr": 1e-3})``. With ``resume``, ``recipe`` is the run
+    folder to continue. The export goes to ``RUN/export`` (rank 0 only under DDP).
+    """
+    from acclimate.config import load_recipe
+    from acclimate.training import check_resumable, resume_recipe
+    from acclimate.training import train as run_training
+
+    dotted = as_overrides(overrides)
+    if resume:
+        check_resumable(recipe)
+        folder, metrics = run_training(resume_recipe(recipe, dotted), recipe, resume=True)
+    else:
+        folder, metrics = run_training(load_recipe(recipe, dotted), run_dir)
+    done = Run(Path(folder), metrics)
+    if export and int(os.environ.get("LOCAL_RANK", "0")) == 0:
+        done.export = export_run(folder, Path(folder) / "export")
+    return done
