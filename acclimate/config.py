@@ -492,6 +492,7 @@ RULES: dict[str, Rule] = {
     "eval.batch_size": COUNT,
     "eval.num_workers": ZERO_OK,
     "eval.n_pictures": ZERO_OK,
+    "eval.reference_size": COUNT,
     "eval.projector_images": ZERO_OK,
     # method.KEY: whichever method has the key
     "method.out_dim": COUNT,

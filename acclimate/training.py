@@ -278,12 +278,19 @@ def summarize(metrics: dict[str, Any]) -> str:
     b, a = metrics.get("before"), metrics.get("after")
     if not (b and a):
         return "no before/after evaluation (no labelled eval data)"
-    return (
+    line = (
         f"linear probe {b['linear_top1']:.4f} -> {a['linear_top1']:.4f} "
         f"({a['linear_top1'] - b['linear_top1']:+.4f}), "
         f"kNN {b['knn_top1']:.4f} -> {a['knn_top1']:.4f} ({a['knn_top1'] - b['knn_top1']:+.4f}) "
         f"on {a['n_test']} held-out images"
     )
+    ref = metrics.get("start_at_reference_size")
+    if ref:
+        line += (
+            f"; the start fed {ref['image_size']} px: linear {ref['linear_top1']:.4f}, "
+            f"kNN {ref['knn_top1']:.4f}"
+        )
+    return line
 
 
 def train(
@@ -404,6 +411,15 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool) -> tuple[Path, dict[str,
         )
         _save_json(metrics_path, metrics)
         log.info("before: %s", metrics["before"])
+        size = eval_settings.reference_size
+        if size:  # the start fed the images upsampled: what it knows but does not show
+            log.info("measuring the starting backbone on images resized to %d px", size)
+            ref_tf = EvalTransform(size, mean, std, clip)
+            metrics["start_at_reference_size"], _ = evaluate_backbone(
+                start, *sources, ref_tf, eval_settings, device=module.device
+            )
+            metrics["start_at_reference_size"]["image_size"] = size
+            _save_json(metrics_path, metrics)
     eval_s = time.monotonic() - evaluated
     del start
     if settings.max_time is not None:

@@ -49,6 +49,10 @@ class EvalSettings:
             PCA of patch features as RGB (ViTs; the feature-map PCA for CNNs) of ``n_pictures``
             fixed held-out images, and the embedding projector of ``projector_images`` labelled
             ones. Turn off to save a little time per evaluation.
+        reference_size: also measure the starting backbone on the same images resized to this
+            side (e.g. 224, the size it was pretrained at), same protocol: the ceiling that an
+            adapted model at native resolution can aim at, at a fraction of its inference cost.
+            null skips it.
     """
 
     data: str | None = None
@@ -66,6 +70,7 @@ class EvalSettings:
     pictures: bool = True
     n_pictures: int = 4
     projector_images: int = 256
+    reference_size: int | None = None
 
     def __post_init__(self) -> None:
         if self.knn_k < 1:

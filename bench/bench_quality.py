@@ -1,0 +1,161 @@
+"""Quality benchmark: does adaptation pay, per recipe and domain, under a fixed time budget?
+
+For each recipe x domain: train with ``trainer.max_time=BUDGET`` through ``acclimate.train`` (the
+CLI's path), then measure the starting backbone and the export with ``acclimate evaluate``'s
+protocol (linear probe with its weight decay chosen on a validation split, weighted kNN), on the
+domain's held-out split and on a labelled set of another domain (forgetting). Prints a Markdown
+table and saves every figure as JSON.
+
+    mkdir -p /tmp/acclimate-data
+    for f in ../shared/data/*.tar.gz; do tar xzf $f -C /tmp/acclimate-data; done
+    python bench/bench_quality.py --data-root /tmp/acclimate-data --budget 00:00:30:00 \\
+        --recipes recipes/demo.yaml --domains eurosat ucmerced bccd --out bench/quality.json
+
+Not part of the tests. Other domains: ``--domain NAME=SRC:TRAIN:TEST:PRESET:SIZE``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Domain:
+    name: str
+    source: str  # relative to --data-root unless absolute
+    train_split: str
+    test_split: str
+    preset: str
+    image_size: int
+
+
+DOMAINS = {
+    "eurosat": Domain("eurosat", "eurosat_rgb", "train", "valid", "satellite", 64),
+    "ucmerced": Domain("ucmerced", "ucmerced_landuse", "train", "test", "satellite", 128),
+    "bccd": Domain("bccd", "bccd_wbc4", "train", "test", "microscopy", 128),
+}
+# forgetting: each domain is checked on another domain's labelled set
+FORGETTING = {"eurosat": "ucmerced", "ucmerced": "eurosat", "bccd": "eurosat"}
+
+
+def _evaluate(models: list[str], weights: str, domain: Domain, root: Path, out: Path) -> dict:
+    from acclimate.cli import main
+
+    src = str(root / domain.source)
+    args = ["evaluate", *models, "--weights", weights, "--data", src, "--out", str(out)]
+    args += ["--train-split", domain.train_split, "--test-split", domain.test_split]
+    args += ["--image-size", str(domain.image_size), "--no-plots", "--shots", "10"]
+    args += ["--seeds", "1", "--max-images", "5000"]
+    if main(args) != 0:
+        raise SystemExit(f"evaluate failed on {domain.name}")
+    return json.loads((out / "metrics.json").read_text())["models"]
+
+
+def run_one(recipe: str, domain: Domain, root: Path, budget: str, work: Path) -> dict:
+    import acclimate
+    from acclimate.config import load_recipe
+
+    src = str(root / domain.source)
+    overrides = {
+        "data": {
+            "train": src,
+            "train_split": domain.train_split,
+            "image_size": domain.image_size,
+        },
+        "augment": {"preset": domain.preset},
+        "eval": {
+            "data": src,
+            "train_split": domain.train_split,
+            "test_split": domain.test_split,
+            "every_n_epochs": 0,
+        },
+        "trainer": {"max_time": budget, "progress_bar": False},
+    }
+    run_dir = work / f"{Path(recipe).stem}-{domain.name}"
+    start = time.monotonic()
+    run = acclimate.train(recipe, run_dir=run_dir, **overrides)
+    wall = time.monotonic() - start
+    import torch
+
+    saved = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    backbone = load_recipe(recipe).data["backbone"]
+    start_model, weights = backbone["name"], backbone["weights"]
+    on_domain = _evaluate([start_model, str(run.export)], weights, domain, root, work / "eval")
+    other = DOMAINS[FORGETTING[domain.name]]
+    forget = _evaluate([start_model, str(run.export)], weights, other, root, work / "forget")
+    b, a = on_domain[start_model], on_domain[str(run.export)]
+    fb, fa = forget[start_model], forget[str(run.export)]
+    return {
+        "recipe": recipe,
+        "domain": domain.name,
+        "budget": budget,
+        "wall_s": round(wall),
+        "steps": int(saved["global_step"]),
+        "before": {k: b[k] for k in ("linear_top1", "knn_top1")},
+        "after": {k: a[k] for k in ("linear_top1", "knn_top1")},
+        "delta": {k: a[k] - b[k] for k in ("linear_top1", "knn_top1")},
+        "forgetting_domain": other.name,
+        "forgetting": {k: fa[k] - fb[k] for k in ("linear_top1", "knn_top1")},
+        "training_own_before_after": run.metrics.get("delta"),
+    }
+
+
+def table(rows: list[dict]) -> str:
+    head = (
+        "| recipe | domain | budget (wall s, steps) | linear before -> after (delta) "
+        "| kNN before -> after (delta) | forgetting linear / kNN |\n|---|---|---|---|---|---|"
+    )
+    lines = [head]
+    for r in rows:
+        b, a, d, f = r["before"], r["after"], r["delta"], r["forgetting"]
+        lines.append(
+            f"| {Path(r['recipe']).name} | {r['domain']} | {r['budget']} ({r['wall_s']} s, "
+            f"{r['steps']}) | {b['linear_top1']:.4f} -> {a['linear_top1']:.4f} "
+            f"({d['linear_top1']:+.4f}) | {b['knn_top1']:.4f} -> {a['knn_top1']:.4f} "
+            f"({d['knn_top1']:+.4f}) | {f['linear_top1']:+.4f} / {f['knn_top1']:+.4f} "
+            f"({r['forgetting_domain']}) |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data-root", type=Path, required=True)
+    p.add_argument("--recipes", nargs="+", default=[str(ROOT / "recipes" / "demo.yaml")])
+    p.add_argument("--domains", nargs="+", default=list(DOMAINS))
+    p.add_argument("--domain", action="append", default=[], help="NAME=SRC:TRAIN:TEST:PRESET:SIZE")
+    p.add_argument("--budget", default="00:00:30:00")
+    p.add_argument("--work", type=Path, default=Path("/tmp/acclimate-bench-quality"))
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "quality.json")
+    args = p.parse_args()
+    for spec in args.domain:
+        name, rest = spec.split("=", 1)
+        source, train, test, preset, size = rest.split(":")
+        DOMAINS[name] = Domain(name, source, train, test, preset, int(size))
+        FORGETTING.setdefault(name, "eurosat")
+        args.domains.append(name)
+    rows = []
+    for recipe in args.recipes:
+        for name in args.domains:
+            work = args.work / f"{Path(recipe).stem}-{name}-{time.strftime('%H%M%S')}"
+            rows.append(run_one(recipe, DOMAINS[name], args.data_root, args.budget, work))
+            args.out.write_text(
+                json.dumps(
+                    {"rows": rows, "domains": {k: asdict(v) for k, v in DOMAINS.items()}}, indent=2
+                )
+                + "\n"
+            )
+            print(table(rows), flush=True)
+    print(table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
