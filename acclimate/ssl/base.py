@@ -173,6 +173,8 @@ class SSLModule(pl.LightningModule):
         world = self.trainer.world_size * self.trainer.accumulate_grad_batches
         return self.batch_size * world / 256.0
 
+    adam_betas: tuple[float, float] = (0.9, 0.999)  # MAE: (0.9, 0.95)
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
         o = self.optim
         groups = param_groups(
@@ -187,7 +189,7 @@ class SSLModule(pl.LightningModule):
             groups += param_groups(head, lr_scale=1.0)
         if o.optimizer == "sgd":
             return torch.optim.SGD(groups, lr=0.0, momentum=0.9)
-        return torch.optim.AdamW(groups, lr=0.0, weight_decay=o.weight_decay)
+        return torch.optim.AdamW(groups, lr=0.0, weight_decay=o.weight_decay, betas=self.adam_betas)
 
     def scheduled_lr(self, backbone: bool) -> float:
         o = self.optim
@@ -200,7 +202,7 @@ class SSLModule(pl.LightningModule):
             if step < frozen:
                 return 0.0
             step, total = step - frozen, max(total - frozen, 1)
-        return warmup_cosine(step, total, o.lr * scale, o.min_lr * scale, warm)
+        return warmup_cosine(step, total, o.lr * scale, o.min_lr, warm)  # min_lr: not scaled
 
     def scheduled_wd(self) -> float:
         o = self.optim
@@ -265,3 +267,18 @@ class MomentumTeacherModule(SSLModule):
         super().optimizer_step(*args, **kwargs)
         for ema, online in self.ema_pairs():
             update_ema(ema, online, m)
+        self.after_optimizer_step()
+
+    def after_optimizer_step(self) -> None:
+        """Per-optimiser-step state after the EMA update (DINO's centres); none here."""
+
+    def teacher_mode(self, *modules: nn.Module) -> None:
+        """Teachers run without dropout or drop-path (eval mode) but, as in DINO, MoCo and BYOL,
+        their BatchNorm layers normalise with the batch's statistics (train mode), unless
+        ``optim.freeze_norm_stats`` keeps the pretrained ones (the default)."""
+        for module in modules:
+            module.eval()
+            for m in module.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    is_backbone = module is getattr(self, "teacher_backbone", None)
+                    m.train(not (is_backbone and self.optim.freeze_norm_stats))

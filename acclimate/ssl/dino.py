@@ -115,6 +115,15 @@ class DINO(MomentumTeacherModule):
     def ema_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
         return [(self.teacher_backbone, self.backbone), (self.teacher_head, self.head)]
 
+    def centers(self) -> list[Center]:
+        """The running centres, updated once per optimiser step (`after_optimizer_step`)."""
+        return [self.center]
+
+    def after_optimizer_step(self) -> None:
+        super().after_optimizer_step()
+        for center in self.centers():
+            center.step()
+
     def teacher_temperature(self) -> float:
         h = self.hparams
         warm = int(h.warmup_teacher_temp_epochs * self.steps_per_epoch)
@@ -125,8 +134,7 @@ class DINO(MomentumTeacherModule):
         globals_, locals_ = list(views["global"]), list(views.get("local", []))
         n_global = len(globals_)
         with torch.no_grad():
-            self.teacher_backbone.eval()
-            self.teacher_head.eval()
+            self.teacher_mode(self.teacher_backbone, self.teacher_head)
             teacher_in = [self.teacher_view(g) for g in globals_]
             teacher_out = self.teacher_head(forward_by_size(self.teacher_backbone, teacher_in))
         with self.maybe_frozen():
@@ -140,7 +148,7 @@ class DINO(MomentumTeacherModule):
         loss = self.with_anchor(loss, torch.cat(globals_), feats[:n_g])
         extra = {"dino/teacher_temp": temp, "dino/momentum": self.teacher_momentum()}
         extra |= self.collapse_stats(t_chunks[0], s_chunks[0], temp)
-        self.center.update(teacher_out.float())
+        self.center.accumulate(teacher_out.float())  # applied after the optimiser step
         self.log_loss(loss, extra)
         return loss
 

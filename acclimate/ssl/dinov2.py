@@ -181,8 +181,7 @@ class DINOv2(DINO):
         patch_head, teacher_patch_head = self._patch_heads()
 
         with torch.no_grad():
-            for net in (teacher, self.teacher_head, teacher_patch_head):
-                net.eval()
+            self.teacher_mode(teacher, self.teacher_head, teacher_patch_head)
             t_images = self.teacher_view(images)
             t_tokens = encode_tokens(teacher, embed_tokens(teacher, t_images))
             t_cls = self.teacher_head(pooled(teacher, t_tokens)).float()
@@ -216,7 +215,7 @@ class DINOv2(DINO):
             parts = self.collapse_stats(
                 t_cls.chunk(len(globals_))[0], s_cls.chunk(n_views)[0], temp
             )
-            self.center.update(t_cls)
+            self.center.accumulate(t_cls)
         loss, parts = dino, {**parts, "dinov2/dino": dino.detach()}
         if use_ibot:
             s_patch = patch_head(tokens[:, n_prefix:][masks]).float()
@@ -224,7 +223,7 @@ class DINOv2(DINO):
                 s_patch, self._targets(t_patch, self.ibot_center, temp), masks
             )
             if h.centering == "centering":
-                self.ibot_center.update(t_patch)
+                self.ibot_center.accumulate(t_patch)
             loss = loss + h.ibot_weight * ibot
             parts["dinov2/ibot"] = ibot.detach()
         loss = self.with_anchor(loss, images, s_global)
@@ -236,6 +235,9 @@ class DINOv2(DINO):
         parts |= {"dino/teacher_temp": temp, "dino/momentum": self.teacher_momentum()}
         self.log_loss(loss, parts)
         return loss
+
+    def centers(self) -> list[Center]:
+        return [self.center, self.ibot_center]
 
     def ema_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
         extra = [(self.teacher_ibot_head, self.ibot_head)] if self.ibot_head is not None else []

@@ -73,6 +73,8 @@ class MAE(SSLModule):
         self.criterion = MAELoss(norm_pix=norm_pix_loss)
         self.init_levers(1.0, anchor_weight)
 
+    adam_betas = (0.9, 0.95)  # the MAE paper's pre-training recipe (He et al. 2022, Table 8)
+
     @classmethod
     def check_backbone(cls, name: str) -> str | None:
         if supports_token_masking(name):

@@ -65,7 +65,11 @@ class MoCoV3(MomentumModule):
             last_bn=True,
             sync_bn=sync_bn_in_head,
         )
-        predictor = MLPHead(dim, hidden_dim, dim, n_layers=pred_layers, sync_bn=sync_bn_in_head)
+        # MoCo v3's ViT predictor ends in an affine-free BN too, its ResNet one does not
+        vit = getattr(backbone, "patch_embed", None) is not None
+        predictor = MLPHead(
+            dim, hidden_dim, dim, n_layers=pred_layers, last_bn=vit, sync_bn=sync_bn_in_head
+        )
         self.init_momentum(momentum, momentum_end, projector, predictor)
         self.criterion = MoCoV3Loss(temperature)
 

@@ -18,7 +18,8 @@ class OptimSettings:
 
     Args:
         lr: peak head learning rate per 256 images; scaled by total batch / 256 (Goyal et al. 2017).
-        min_lr: final learning rate of the cosine decay (also scaled).
+        min_lr: final learning rate of the cosine decay (absolute: not scaled by the batch, as
+            in DINO's and MAE's code).
         backbone_lr_mult: backbone learning rate relative to ``lr``. Lower it if the before/after
             report shows a drop; 1.0 is training from scratch.
         weight_decay: AdamW weight decay at the start (not applied to biases and norms).

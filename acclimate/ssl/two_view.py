@@ -66,9 +66,9 @@ class MomentumModule(MomentumTeacherModule):
 
     @torch.no_grad()
     def teacher_forward(self, views: list[Tensor], head: nn.Module) -> list[Tensor]:
-        """V views (B, C, H, W) -> V (B, dim) momentum-encoder projections: backbone in eval
-        mode on the views upsampled by ``teacher_scale``, head in train mode (its BatchNorm uses
-        batch statistics, as in the papers); no gradient."""
-        self.teacher_backbone.eval()
+        """V views (B, C, H, W) -> V (B, dim) momentum-encoder projections on the views
+        upsampled by ``teacher_scale``: the backbone in `teacher_mode`, the head in train mode
+        (its BatchNorm uses batch statistics, as in the papers); no gradient."""
+        self.teacher_mode(self.teacher_backbone)
         feats = self.teacher_backbone(self.teacher_view(torch.cat(views)))
         return [head(f) for f in feats.chunk(len(views))]

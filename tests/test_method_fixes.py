@@ -1,0 +1,118 @@
+"""Method details checked against the papers' code: the DINO centre once per optimiser step,
+teachers' BatchNorm on batch statistics, MAE's AdamW betas, an absolute min_lr, MoCo v3's
+ViT predictor."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from acclimate.backbones import create_backbone
+from acclimate.ssl import DINO, MAE, MoCoV3, OptimSettings
+from acclimate.ssl.center import Center
+
+
+def test_center_accumulates_micro_batches_into_one_update():
+    g = torch.Generator().manual_seed(0)
+    t = torch.randn(8, 5, generator=g)
+    whole, parts = Center(5, 0.9), Center(5, 0.9)
+    whole.update(t)
+    parts.accumulate(t[:3])
+    parts.accumulate(t[3:])
+    assert torch.equal(parts.center, torch.zeros(1, 5))  # nothing before the step
+    parts.step()
+    torch.testing.assert_close(parts.center, whole.center)
+    torch.testing.assert_close(whole.center, 0.1 * t.mean(0, keepdim=True))
+    parts.step()  # nothing pending: unchanged
+    torch.testing.assert_close(parts.center, whole.center)
+
+
+def _dino(**kw):
+    torch.manual_seed(0)
+    optim = OptimSettings(freeze_backbone_epochs=0, warmup_epochs=0, **kw.pop("optim", {}))
+    module = DINO(
+        create_backbone("test_resnet"), 4, optim, out_dim=16, hidden_dim=16, bottleneck_dim=8, **kw
+    )
+    module._trainer = SimpleNamespace(
+        global_step=0,
+        num_training_batches=10,
+        estimated_stepping_batches=20,
+        max_epochs=2,
+        accumulate_grad_batches=2,
+        world_size=1,
+        optimizers=[],
+    )
+    module.log = module.log_dict = lambda *a, **k: None
+    return module
+
+
+def _views(seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return {"global": [torch.randn(4, 3, 32, 32, generator=g) for _ in range(2)]}, None
+
+
+def test_dino_centre_moves_once_per_optimiser_step_under_accumulation():
+    module = _dino()
+    opt = module.configure_optimizers()
+    start = module.center.center.clone()
+    for i in range(2):  # two micro-batches of one optimiser step
+        module.training_step(_views(i), i)
+        assert torch.equal(module.center.center, start)
+    # the same as one centre update over both micro-batches' teacher outputs (the teacher
+    # before the step's EMA update)
+    with torch.no_grad():
+        module.teacher_mode(module.teacher_backbone, module.teacher_head)
+        outs = [
+            module.teacher_head(module.teacher_backbone(torch.cat(_views(i)[0]["global"])))
+            for i in range(2)
+        ]
+    expected = 0.9 * start + 0.1 * torch.cat(outs).mean(0, keepdim=True)
+    module.optimizer_step(0, 0, opt, lambda: None)
+    moved = module.center.center.clone()
+    assert not torch.equal(moved, start)
+    torch.testing.assert_close(moved, expected, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_teacher_batchnorm_uses_batch_statistics_unless_frozen(freeze):
+    module = _dino(optim={"freeze_norm_stats": freeze}, use_bn_in_head=True)
+    module.teacher_mode(module.teacher_backbone, module.teacher_head)
+    bns = [m for m in module.teacher_backbone.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert bns and all(m.training is not freeze for m in bns)
+    head_bns = [m for m in module.teacher_head.modules() if isinstance(m, nn.BatchNorm1d)]
+    assert head_bns and all(m.training for m in head_bns)  # heads: batch statistics always
+    assert not module.teacher_backbone.training  # no dropout / drop-path in the teacher
+
+
+def test_mae_uses_the_papers_adamw_betas():
+    mae = MAE(
+        create_backbone("test_vit"), 4, None, decoder_dim=16, decoder_depth=1, decoder_heads=2
+    )
+    assert mae.configure_optimizers().defaults["betas"] == (0.9, 0.95)
+    assert _dino().configure_optimizers().defaults["betas"] == (0.9, 0.999)
+
+
+def test_min_lr_is_absolute_while_the_peak_scales_with_the_batch():
+    module = _dino(optim={"lr": 1e-3, "min_lr": 1e-5})
+    module._trainer.global_step = 20  # the end of the schedule
+    end = module.scheduled_lr(False)
+    assert end == pytest.approx(1e-5, rel=1e-3)
+    module._trainer.global_step = 0
+    module.optim.warmup_epochs = 0
+    peak = module.scheduled_lr(False)
+    assert peak == pytest.approx(1e-3 * 4 * 2 / 256)  # batch 4 x accumulation 2
+
+
+def test_moco_v3_predictor_ends_in_affine_free_bn_for_vits_only():
+    vit = MoCoV3(create_backbone("test_vit"), 4, None, hidden_dim=16, dim=8)
+    cnn = MoCoV3(create_backbone("test_resnet"), 4, None, hidden_dim=16, dim=8)
+
+    def last_bn(head):
+        last = list(head.modules())[-1]
+        return isinstance(last, nn.modules.batchnorm._BatchNorm) and not last.affine
+
+    assert last_bn(vit.predictor) and not last_bn(cnn.predictor)
+    assert last_bn(vit.projector) and last_bn(cnn.projector)
