@@ -129,7 +129,12 @@ def load_checkpoint_file(path: str | Path) -> dict[str, Any]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         found = _GLOBAL.search(str(e))
-        what = f" ({found.group(1)})" if found else ""
+        if found is None:  # bytes that are not a torch file at all (text, another format)
+            raise CheckpointError(
+                f"{path}: not a torch checkpoint (corrupt, or another kind of file); use a "
+                "checkpoint written by `acclimate train` (checkpoints/*.ckpt of a run)"
+            ) from None
+        what = f" ({found.group(1)})"
         raise CheckpointError(
             f"{path}: contains pickled Python code{what} and was refused (acclimate loads "
             "checkpoints with weights_only=True); use a checkpoint written by `acclimate train`, "

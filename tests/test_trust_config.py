@@ -634,3 +634,25 @@ def test_tampered_probe_json(trained, tmp_path):
     (export / "probes" / "p.json").write_text("not json")
     with pytest.raises(ExportFileError, match=r"probes/p.json: not valid JSON \(line 1, column 1"):
         acclimate.load(export)
+
+
+def test_text_posing_as_a_checkpoint_is_not_called_pickled_code(tmp_path):
+    from acclimate.preflight import CheckpointError, load_checkpoint_file
+
+    for i, text in enumerate(["MIT License\n\nCopyright (c) 2019\n", "my notes\n" * 20]):
+        fake = tmp_path / f"notes{i}.ckpt"
+        fake.write_text(text)
+        with pytest.raises(
+            CheckpointError, match="not a torch checkpoint|truncated or corrupt"
+        ) as e:
+            load_checkpoint_file(fake)
+        assert "pickled" not in str(e.value)
+
+
+def test_a_run_that_stopped_before_its_first_checkpoint_says_so(tmp_path, capsys):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "recipe.yaml").write_text("name: x\n")
+    assert main(["export", str(run), "--out", str(tmp_path / "out")]) == ERROR_EXIT
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "without any checkpoint" in line and str(run) in line

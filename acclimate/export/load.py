@@ -260,6 +260,11 @@ def resolve_model(
             reader_options(meta),
             clip_bounds(meta),
         )
+    if p.is_dir() and (p / "recipe.yaml").is_file():
+        raise AcclimateError(
+            f"{spec}: a run folder without any checkpoint (it stopped before writing its first "
+            "one: see its train.log); train it again, or set trainer.checkpoint_every_n_steps"
+        )
     if p.exists():
         raise AcclimateError(
             f"{spec}: expected an export folder, a run folder or a .ckpt checkpoint; for a weights "
