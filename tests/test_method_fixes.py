@@ -116,3 +116,23 @@ def test_moco_v3_predictor_ends_in_affine_free_bn_for_vits_only():
 
     assert last_bn(vit.predictor) and not last_bn(cnn.predictor)
     assert last_bn(vit.projector) and last_bn(cnn.projector)
+
+
+@pytest.mark.parametrize(
+    ("name", "kw", "final"), [("test_vit", {}, "norm"), ("test_vit", {"global_pool": "avg"}, None)]
+)
+def test_layer_decay_as_dinov2_final_norm_full_rate_last_block_one_factor(name, kw, final):
+    import timm
+
+    from acclimate.ssl.optim import param_groups
+
+    vit = timm.create_model(name, num_classes=0, **kw)
+    final = final or "fc_norm"  # global_pool avg: the final norm after pooling
+    groups = param_groups(vit, lr_scale=1.0, layer_decay=0.5)
+    scale = {id(p): g["lr_scale"] for g in groups for p in g["params"]}
+    params = dict(vit.named_parameters())
+    n = len(vit.blocks)
+    assert scale[id(params[f"{final}.weight"])] == 1.0  # DINOv2: decay^0
+    assert scale[id(params[f"blocks.{n - 1}.attn.qkv.weight"])] == 0.5
+    assert scale[id(params["blocks.0.attn.qkv.weight"])] == 0.5**n
+    assert scale[id(params["cls_token"])] == 0.5 ** (n + 1)

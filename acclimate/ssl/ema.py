@@ -14,22 +14,30 @@ def update_ema(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
     (BN statistics), matched by name; integer buffers such as ``num_batches_tracked`` are copied.
 
     Parameters the student does not train (frozen base weights under an adapter) are left
-    untouched, so they stay bit-identical to the student's. The update is ``torch.lerp``, which
-    is exact where ``t == s`` (no fp32 drift of weights that have not moved).
+    untouched, so they stay bit-identical to the student's. The update is ``torch.lerp`` (fused
+    over all tensors with ``torch._foreach_lerp_``), which is exact where ``t == s`` (no fp32
+    drift of weights that have not moved).
     """
     weight = 1.0 - momentum
     t_params = dict(teacher.named_parameters())
-    for name, s in student.named_parameters():
-        if s.requires_grad:
-            t = t_params[name]
-            t.lerp_(s.detach().to(t.dtype), weight)
+    pairs = [
+        (t_params[name], s.detach()) for name, s in student.named_parameters() if s.requires_grad
+    ]
     t_buffers = dict(teacher.named_buffers())
     for name, s in student.named_buffers():
         t = t_buffers[name]
         if t.dtype.is_floating_point:
-            t.lerp_(s.to(t.dtype), weight)
+            pairs.append((t, s))
         else:
             t.copy_(s)
+    # one fused call per (device, dtype) group instead of a Python loop of lerp_ (same values)
+    groups: dict[tuple, tuple[list, list]] = {}
+    for t, s in pairs:
+        ts, ss = groups.setdefault((t.device, t.dtype), ([], []))
+        ts.append(t)
+        ss.append(s.to(t.dtype))
+    for ts, ss in groups.values():
+        torch._foreach_lerp_(ts, ss, weight)
 
 
 def cosine_momentum(step: int, total_steps: int, start: float, end: float = 1.0) -> float:

@@ -86,6 +86,20 @@ def layer_ids(module: nn.Module) -> tuple[dict[str, int], int]:
     return ids, len(groups)
 
 
+# Modules after the last block: the final norm and head train at the full rate (decay^0).
+FINAL_MODULES = ("norm", "fc_norm", "head", "head_drop", "conv_head", "bn2")
+
+
+def decay_exponents(module: nn.Module) -> dict[str, int]:
+    """Exponent of ``layer_decay`` per parameter, as DINOv2's ``get_vit_lr_decay_rate``: the
+    final norm and head (`FINAL_MODULES`) 0, the last block 1, each earlier layer one more, the
+    stem (patch embedding, class/register/position tokens) the most (number of blocks + 1)."""
+    ids, _ = layer_ids(module)
+    final = {n for n in ids if n.split(".", 1)[0] in FINAL_MODULES}
+    last = max((i for n, i in ids.items() if n not in final), default=0)
+    return {n: 0 if n in final else last + 1 - i for n, i in ids.items()}
+
+
 def param_groups(
     module: nn.Module,
     lr_scale: float,
@@ -96,18 +110,18 @@ def param_groups(
     """Split trainable parameters into decayed and non-decayed groups (biases and norms: no decay).
 
     ``lr_scale`` is stored in each group and multiplies the scheduled learning rate. With
-    ``layer_decay``, layer i of L (`layer_ids`) is further scaled by ``layer_decay ** (L - i)``
+    ``layer_decay``, each parameter is further scaled by ``layer_decay ** decay_exponents[name]``
     (DINOv2's ``get_vit_lr_decay_rate``), and parameters under ``patch_embed.`` by
     ``patch_embed_lr_mult``; groups then also split by scale.
     """
-    ids, n_layers = layer_ids(module) if layer_decay is not None else ({}, 1)
+    exponents = decay_exponents(module) if layer_decay is not None else {}
     buckets: dict[tuple[float, bool], list[nn.Parameter]] = {}
     for name, p in module.named_parameters():
         if not p.requires_grad:
             continue
         scale = lr_scale
         if layer_decay is not None:
-            scale *= layer_decay ** (n_layers - ids.get(name, n_layers))
+            scale *= layer_decay ** exponents.get(name, 0)
         if patch_embed_lr_mult != 1.0 and name.startswith("patch_embed."):
             scale *= patch_embed_lr_mult
         decays = not (p.ndim <= 1 or name.endswith(".bias"))
