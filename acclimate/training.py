@@ -63,7 +63,9 @@ class TrainerSettings:
             ``ddp``, ``fsdp``); launch multi-node runs with torchrun or SLURM.
         precision: ``32-true``, ``bf16-mixed`` (CPU and recent GPUs) or ``16-mixed`` (GPU).
         accumulate_grad_batches: optimisation step every N batches.
-        gradient_clip_val: clip the global gradient norm (DINO: 3.0); null disables.
+        gradient_clip_val: the gradient-clipping threshold of the method's rule
+            (``optim.clip_rule``: DINO clips each parameter's gradient norm, DINOv2 each
+            sub-module's, the contrastive methods and MAE do not clip); null disables.
         log_every_n_steps: TensorBoard logging period.
         checkpoint_every_n_epochs: keep a periodic checkpoint besides ``last.ckpt``.
         checkpoint_every_n_steps: also checkpoint every N optimisation steps (the newest one is

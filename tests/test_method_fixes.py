@@ -136,3 +136,45 @@ def test_layer_decay_as_dinov2_final_norm_full_rate_last_block_one_factor(name, 
     assert scale[id(params[f"blocks.{n - 1}.attn.qkv.weight"])] == 0.5
     assert scale[id(params["blocks.0.attn.qkv.weight"])] == 0.5**n
     assert scale[id(params["cls_token"])] == 0.5 ** (n + 1)
+
+
+def _with_grads(module, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    for p in module.parameters():
+        p.grad = 10 * torch.randn(p.shape, generator=g)
+    return {n: p.grad.clone() for n, p in module.named_parameters()}
+
+
+def test_dino_clips_each_parameter_as_its_code_does():
+    module = _dino()
+    assert module.clip_rule() == "per_param"
+    before = _with_grads(module)
+    module.configure_gradient_clipping(None, 3.0)
+    for n, p in module.named_parameters():  # reference: DINO's utils.clip_gradients
+        g = before[n]
+        coef = 3.0 / (g.norm(2) + 1e-6)
+        torch.testing.assert_close(p.grad, g * coef if coef < 1 else g)
+
+
+def test_dinov2_clips_per_module_and_contrastive_methods_not_at_all():
+    from acclimate.ssl.dinov2 import DINOv2
+
+    torch.manual_seed(0)
+    small = dict(out_dim=16, hidden_dim=16, bottleneck_dim=8)
+    v2 = DINOv2(create_backbone("test_vit"), 4, OptimSettings(), **small)
+    assert v2.clip_rule() == "per_module"
+    _with_grads(v2)
+    v2.configure_gradient_clipping(None, 3.0)
+    for params in v2.clip_groups():
+        norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))
+        assert norm == pytest.approx(3.0, rel=1e-4)
+    moco = MoCoV3(create_backbone("test_vit"), 4, None, hidden_dim=16, dim=8)
+    assert moco.clip_rule() == "none"
+    before = _with_grads(moco)
+    moco.configure_gradient_clipping(None, 3.0)
+    assert all(torch.equal(p.grad, before[n]) for n, p in moco.named_parameters())
+    forced = MoCoV3(create_backbone("test_vit"), 4, OptimSettings(clip_rule="global"), dim=8)
+    _with_grads(forced)
+    forced.clip_gradients = lambda opt, val, alg: setattr(forced, "clipped", (val, alg))
+    forced.configure_gradient_clipping(None, 3.0)
+    assert forced.clipped == (3.0, "norm")

@@ -191,6 +191,44 @@ class SSLModule(pl.LightningModule):
             return torch.optim.SGD(groups, lr=0.0, momentum=0.9)
         return torch.optim.AdamW(groups, lr=0.0, weight_decay=o.weight_decay, betas=self.adam_betas)
 
+    # --- gradient clipping: each paper's rule (``optim.clip_rule``) -----------------------------
+    default_clip_rule: str = "none"  # SimCLR, MoCo v3, BYOL, MAE and distillation do not clip
+
+    def clip_rule(self) -> str:
+        return self.default_clip_rule if self.optim.clip_rule == "auto" else self.optim.clip_rule
+
+    def clip_groups(self) -> list[list[nn.Parameter]]:
+        """Parameter groups clipped separately by the ``per_module`` rule: the backbone, then
+        each head (DINOv2's ``clip_grad_norm_`` per student sub-module)."""
+        return [list(self.backbone.parameters())] + [
+            list(h.parameters()) for h in self.head_modules()
+        ]
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Clip at ``trainer.gradient_clip_val`` by `clip_rule` (after gradients are unscaled
+        and, under DDP, averaged)."""
+        rule = self.clip_rule()
+        if not gradient_clip_val or rule == "none":
+            return
+        if rule == "global":
+            self.clip_gradients(optimizer, gradient_clip_val, "norm")
+        elif rule == "per_param":  # DINO's utils.clip_gradients, fused over all parameters
+            grads = [p.grad for p in self.parameters() if p.grad is not None]
+            if grads:
+                norms = torch._foreach_norm(grads)
+                scale = [(gradient_clip_val / (n + 1e-6)).clamp(max=1.0) for n in norms]
+                torch._foreach_mul_(grads, scale)
+        else:  # per_module
+            for params in self.clip_groups():
+                grads = [p for p in params if p.grad is not None]
+                if grads:
+                    torch.nn.utils.clip_grad_norm_(grads, gradient_clip_val)
+
     def scheduled_lr(self, backbone: bool) -> float:
         o = self.optim
         spe, total = self.steps_per_epoch, self.total_steps

@@ -109,6 +109,8 @@ class DINO(MomentumTeacherModule):
         self.center = Center(out_dim, center_momentum)
         self.criterion = DINOLoss(student_temp)
 
+    default_clip_rule = "per_param"  # DINO clips each parameter's gradient norm (3.0)
+
     def head_modules(self) -> list[nn.Module]:
         return [self.head]
 

@@ -236,6 +236,13 @@ class DINOv2(DINO):
         self.log_loss(loss, parts)
         return loss
 
+    default_clip_rule = "per_module"  # DINOv2: the backbone's and each head's norm (3.0)
+
+    def clip_groups(self) -> list[list[nn.Parameter]]:
+        backbone = [*self.backbone.parameters(), *self.mask_token.parameters()]
+        heads = [self.head] + ([self.ibot_head] if self.ibot_head is not None else [])
+        return [backbone] + [list(h.parameters()) for h in heads]
+
     def centers(self) -> list[Center]:
         return [self.center, self.ibot_center]
 

@@ -41,6 +41,11 @@ class OptimSettings:
             None: one rate for the whole backbone.
         patch_embed_lr_mult: extra learning-rate factor for a ViT's ``patch_embed`` (DINOv2:
             0.2); 1.0 leaves it alone.
+        clip_rule: how ``trainer.gradient_clip_val`` clips: ``auto`` = the method's paper
+            (DINO ``per_param``: each parameter's gradient norm; DINOv2 ``per_module``: the
+            backbone's and each head's norm; SimCLR, MoCo v3, BYOL, MAE, distill ``none``),
+            ``global`` (one norm over everything), or any of those by name. Clip when a run
+            diverges (``acclimate`` stops it and says so).
     """
 
     lr: float = 5e-4
@@ -54,6 +59,7 @@ class OptimSettings:
     freeze_norm_stats: bool = True
     layer_decay: float | None = None
     patch_embed_lr_mult: float = 1.0
+    clip_rule: Literal["auto", "global", "per_param", "per_module", "none"] = "auto"
 
     def __post_init__(self) -> None:
         if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
