@@ -179,7 +179,26 @@ def test_score_features_keys() -> None:
     metrics, probe = score_features(
         (x, y), (x_test, y_test), EvalSettings(knn_k=5), ["a", "b", "c"]
     )
-    assert set(metrics) == {"knn_top1", "linear_top1", "n_train", "n_test"}
+    assert set(metrics) == {"knn_top1", "linear_top1", "probe_weight_decay", "n_train", "n_test"}
     assert (metrics["n_train"], metrics["n_test"]) == (45, 15)
     assert metrics["knn_top1"] == 1.0 and metrics["linear_top1"] == 1.0
     assert isinstance(probe, LinearProbe) and probe.classes == ["a", "b", "c"]
+
+
+def test_training_probe_and_evaluate_report_one_linear_figure() -> None:
+    """Training's before/after, the monitor and `acclimate probe` (score_features) and `acclimate
+    evaluate` (measure_features) give the same linear top-1 and kNN for the same features."""
+    from acclimate.eval.report import ReportSettings, measure_features
+
+    g = torch.Generator().manual_seed(0)
+    centres = 1.5 * torch.randn(4, 16, generator=g)
+    y = torch.arange(4).repeat_interleave(40)
+    x = centres[y] + torch.randn(160, 16, generator=g)
+    y_test = torch.arange(4).repeat_interleave(20)
+    x_test = centres[y_test] + torch.randn(80, 16, generator=g)
+    ours, _ = score_features((x, y), (x_test, y_test), EvalSettings())
+    report = measure_features((x, y), (x_test, y_test), ReportSettings(), fewshot=False)
+    assert 0.5 < ours["linear_top1"] < 1.0  # not a trivial task: the figures could differ
+    assert ours["linear_top1"] == pytest.approx(report["linear_top1"], abs=1e-6)
+    assert ours["probe_weight_decay"] == report["linear"]["weight_decay"]
+    assert ours["knn_top1"] == report["knn_top1"]

@@ -23,7 +23,8 @@ from acclimate.data.sources import (
 )
 from acclimate.eval.features import extract_features, finite_rows
 from acclimate.eval.knn import knn_accuracy
-from acclimate.eval.linear import LinearProbe, train_linear_probe
+from acclimate.eval.linear import LinearProbe
+from acclimate.eval.sweep import sweep_linear_probe
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,10 @@ class EvalSettings:
             a source without splits is split 80/20 at random (seed 0).
         every_n_epochs: online kNN monitor period (0 turns it off).
         knn_k, knn_temperature: weighted kNN (DINO's eval_knn: k=20, T=0.07).
-        probe_weight_decay: L2 penalty of the linear probe.
+        probe_weight_decays: L2 penalties of the linear probe tried; the best on a stratified
+            ``probe_val_fraction`` of the train split is refitted on all of it and scored on
+            test (the protocol of ``acclimate evaluate``, so every figure means the same).
+        probe_weight_decay: the tie-break among them (the closest wins).
         max_train_images, max_test_images: random subsets (seed 0) to bound evaluation time.
         before_after: measure the starting backbone and the adapted one with the same protocol
             at the end of training (the evidence that adaptation helped).
@@ -61,6 +65,8 @@ class EvalSettings:
     every_n_epochs: int = 1
     knn_k: int = 20
     knn_temperature: float = 0.07
+    probe_weight_decays: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1)
+    probe_val_fraction: float = 0.2
     probe_weight_decay: float = 1e-3
     max_train_images: int | None = 10000
     max_test_images: int | None = 5000
@@ -145,10 +151,20 @@ def score_features(
     (xtr, ytr), (xte, yte) = finite_rows(*train, "train"), finite_rows(*test, "test")
     n_classes = int(max(ytr.max(), yte.max()).item()) + 1
     knn = knn_accuracy(xtr, ytr, xte, yte, settings.knn_k, settings.knn_temperature)
-    probe = train_linear_probe(xtr, ytr, n_classes, settings.probe_weight_decay, classes=classes)
+    # the probe of `acclimate evaluate`: its L2 penalty chosen on a stratified validation part
+    probe, sweep = sweep_linear_probe(
+        xtr,
+        ytr,
+        n_classes,
+        settings.probe_weight_decays,
+        settings.probe_val_fraction,
+        prefer=settings.probe_weight_decay,
+        classes=classes,
+    )
     metrics = {
         "knn_top1": knn,
         "linear_top1": probe.accuracy(xte, yte),
+        "probe_weight_decay": float(sweep["weight_decay"]),
         "n_train": int(len(ytr)),
         "n_test": int(len(yte)),
     }
