@@ -178,3 +178,39 @@ def test_dinov2_clips_per_module_and_contrastive_methods_not_at_all():
     forced.clip_gradients = lambda opt, val, alg: setattr(forced, "clipped", (val, alg))
     forced.configure_gradient_clipping(None, 3.0)
     assert forced.clipped == (3.0, "norm")
+
+
+def test_each_rank_draws_its_own_masks_after_a_common_initialisation():
+    """RNGState seeds ``seed + rank`` at the start of training (MAE, DINOv2 do the same): image
+    i gets a different mask on every rank, while weights initialised before agree."""
+    from acclimate.resume import RNGState
+    from acclimate.ssl.masking import block_masks, random_masking
+
+    drawn = []
+    for rank in (0, 1):
+        torch.manual_seed(0)  # the common seed of initialisation
+        init = torch.randn(3)
+        RNGState(seed=0).on_train_start(SimpleNamespace(global_rank=rank), None)
+        drawn.append((init, block_masks(8, (4, 4), (0.1, 0.5), 1.0), random_masking(8, 16, 0.75)))
+    (init0, block0, mae0), (init1, block1, mae1) = drawn
+    assert torch.equal(init0, init1)
+    assert not torch.equal(block0, block1)
+    assert not torch.equal(mae0[1], mae1[1])
+
+
+def test_weight_decay_and_teacher_temperature_schedules():
+    module = _dino(
+        optim={"weight_decay": 0.04, "weight_decay_end": 0.4},
+        teacher_temp=0.07,
+        warmup_teacher_temp=0.04,
+        warmup_teacher_temp_epochs=1.0,
+    )
+    trainer = module._trainer  # 10 batches, accumulation 2: 5 steps per epoch, 20 steps in all
+    values = []
+    for step in (0, 5, 10, 20):
+        trainer.global_step = step
+        values.append((module.scheduled_wd(), module.teacher_temperature()))
+    (wd0, t0), (wd5, t5), (wd10, _), (wd20, t20) = values
+    assert wd0 == pytest.approx(0.04) and wd20 == pytest.approx(0.4)
+    assert wd10 == pytest.approx(0.22)  # cosine: half-way at half the steps
+    assert t0 == pytest.approx(0.04) and t5 == pytest.approx(0.07) and t20 == pytest.approx(0.07)
