@@ -405,7 +405,7 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool) -> tuple[Path, dict[str,
         if test_images_seen:
             _save_json(metrics_path, metrics)
     do_eval = sources is not None and eval_settings.before_after and trainer.is_global_zero
-    evaluated = time.monotonic()
+    evaluated, eval_s = time.monotonic(), 0.0
     if do_eval and "before" not in metrics:
         log.info("measuring the starting backbone (frozen features, kNN + linear probe)")
         metrics["before"], _ = evaluate_backbone(
@@ -413,6 +413,7 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool) -> tuple[Path, dict[str,
         )
         _save_json(metrics_path, metrics)
         log.info("before: %s", metrics["before"])
+        eval_s = time.monotonic() - evaluated  # what the after-evaluation will take again
         size = eval_settings.reference_size
         if size:  # the start fed the images upsampled: what it knows but does not show
             log.info("measuring the starting backbone on images resized to %d px", size)
@@ -422,11 +423,11 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool) -> tuple[Path, dict[str,
             )
             metrics["start_at_reference_size"]["image_size"] = size
             _save_json(metrics_path, metrics)
-    eval_s = time.monotonic() - evaluated
+            log.info("the start at %d px: %s", size, metrics["start_at_reference_size"])
     del start
     if settings.max_time is not None:
         budget = next(c for c in trainer.callbacks if isinstance(c, TimeBudget))
-        reserve = (1.2 * eval_s + 5.0) if do_eval else 5.0  # the after-evaluation and saving
+        reserve = 1.2 * eval_s + 5.0  # the after-evaluation (as long as the before one), saving
         budget.deadline = started + parse_duration(settings.max_time).total_seconds() - reserve
         log.info(
             "time budget %s: %.0f s of it left for training (%.0f s kept for the evaluation)",

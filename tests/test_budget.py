@@ -34,7 +34,7 @@ def test_max_time_ends_in_time_with_checkpoint_and_evidence(tmp_path, tiny_datas
     with caplog.at_level("INFO"):
         assert main([*args, "eval.every_n_epochs=0", "optim.min_lr=1e-6"]) == 0
     elapsed = time.monotonic() - start
-    assert elapsed < budget + 15  # start-up (imports, statistics) comes on top of the budget
+    assert elapsed < budget + 30  # imports come on top of the budget (it starts with the run)
     plan = [r.getMessage() for r in caplog.records if "planning" in r.getMessage()]
     assert len(plan) == 1, "the plan is logged once"
     planned = int(plan[0].split("planning ")[1].split()[0])
