@@ -26,6 +26,7 @@ from acclimate.adapters import (
     base_reference,
 )
 from acclimate.backbones import create_backbone
+from acclimate.backbones.layout import channels_last, has_convolutions
 from acclimate.budget import TimeBudget, parse_duration
 from acclimate.callbacks import AtomicCheckpointIO, KNNMonitor, RunMetadata
 from acclimate.config import ConfigError, Recipe, construct, load_recipe
@@ -79,6 +80,9 @@ class TrainerSettings:
         limit_train_batches: batches per epoch (a fraction or a count), for quick trials.
         progress_bar: show a progress bar.
         deterministic: ask for deterministic kernels (slower).
+        channels_last: store convolution weights channels-last (NHWC), which oneDNN and cuDNN
+            run without layout reorders: about 2x faster CNN steps on CPU
+            (`acclimate.backbones.layout`); values equal up to float rounding.
         sync_batchnorm: convert every BatchNorm (backbone and heads) to torch's SyncBatchNorm so
             that statistics cover the global batch under DDP (GPU only, a torch limitation). The
             contrastive heads already synchronise theirs on any device (``sync_bn_in_head``); the
@@ -104,6 +108,7 @@ class TrainerSettings:
     limit_train_batches: int | float | None = None
     progress_bar: bool = True
     deterministic: bool = False
+    channels_last: bool = True
     sync_batchnorm: bool = False
 
     def world_size(self) -> int:
@@ -351,6 +356,9 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool) -> tuple[Path, dict[str,
         recipe, "method", method_cls, backbone=backbone, batch_size=dm.batch_size, optim=optim
     )
 
+    if recipe.data["trainer"]["channels_last"] and has_convolutions(module):
+        channels_last(module)  # student, teachers and the frozen start alike
+        channels_last(start)
     eval_settings = EvalSettings(**recipe.section("eval"))
     sources, test_images_seen = _eval_sources(recipe, dm)
     eval_tf = EvalTransform(dm.image_size, mean, std, clip)

@@ -214,3 +214,24 @@ def test_weight_decay_and_teacher_temperature_schedules():
     assert wd0 == pytest.approx(0.04) and wd20 == pytest.approx(0.4)
     assert wd10 == pytest.approx(0.22)  # cosine: half-way at half the steps
     assert t0 == pytest.approx(0.04) and t5 == pytest.approx(0.07) and t20 == pytest.approx(0.07)
+
+
+def test_channels_last_gives_the_same_loss_and_features():
+    from acclimate.backbones.layout import channels_last, channels_last_for, is_channels_last
+    from acclimate.eval.features import extract_features
+
+    plain = _dino()
+    fast = _dino()
+    channels_last(fast)
+    assert is_channels_last(fast.backbone) and not is_channels_last(plain.backbone)
+    a = plain.training_step(_views(), 0)
+    b = fast.training_step(_views(), 0)
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    batches = [(torch.randn(4, 3, 32, 32), torch.zeros(4, dtype=torch.long))]
+    f_plain, _ = extract_features(plain.backbone, batches)
+    assert not is_channels_last(plain.backbone)  # extraction restores the layout it changed
+    f_fast, _ = extract_features(fast.backbone, batches)
+    torch.testing.assert_close(f_plain, f_fast, rtol=1e-5, atol=1e-5)
+    with channels_last_for(plain.backbone):
+        assert is_channels_last(plain.backbone)
+    assert not is_channels_last(plain.backbone)

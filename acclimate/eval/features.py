@@ -9,6 +9,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from acclimate.backbones.layout import channels_last_for, like_model
 from acclimate.errors import AcclimateError
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,18 @@ def extract_features_indexed(
     ``bad_file_log``), so no NaN row reaches a probe, a kNN bank or an embedding file.
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
+    with channels_last_for(model):  # about 2x faster CNN convolutions (backbones.layout)
+        return _extract(model, loader, kind, device, progress, desc)
+
+
+def _extract(
+    model: nn.Module,
+    loader: Iterable,
+    kind: FeatureKind,
+    device: torch.device,
+    progress: bool,
+    desc: str,
+) -> tuple[Tensor, Tensor, Tensor]:
     was_training = model.training
     model.eval()
     feats, labels, indices = [], [], []
@@ -95,7 +108,8 @@ def extract_features_indexed(
             images, y = batch[0], batch[1]
             idx = batch[2] if len(batch) > 2 else torch.arange(seen, seen + len(images))
             seen += len(images)
-            out = features_of(model, images.to(device, non_blocking=True), kind).float().cpu()
+            images = like_model(images.to(device, non_blocking=True), model)
+            out = features_of(model, images, kind).float().cpu()
             y, idx = torch.as_tensor(y), torch.as_tensor(idx)
             finite = torch.isfinite(out.reshape(len(out), -1)).all(1)  # one check per batch
             if not bool(finite.all()):

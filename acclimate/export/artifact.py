@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import OmegaConf
 from timm.models import save_for_hf
 from torch import nn
@@ -56,6 +57,7 @@ def export_backbone(
     """
     out = Path(out_dir)
     model = merge_lora(copy.deepcopy(backbone).cpu().eval())  # plain weights, timm's names
+    model.to(memory_format=torch.contiguous_format)  # safetensors stores contiguous tensors
     if any("lora" in k.lower() for k in model.state_dict()):
         raise ValueError("the backbone still holds LoRA tensors; merge adapters before export")
     check_finite(model, source)
