@@ -138,11 +138,11 @@ def shrinking_overrides(tmp_path: Path, settings: dict, data: Path) -> list[str]
     if method.get("name") == "distill":
         teacher = tmp_path / f"{TEACHER}.safetensors"
         save_file(timm.create_model(TEACHER, num_classes=0).state_dict(), str(teacher))
-        overrides += [
-            f"method.teacher_name={TEACHER}",
-            f"method.teacher_weights={teacher}",
-            f"method.teacher_image_size={SIZE}",
-        ]
+        overrides += [f"method.teacher_name={TEACHER}", f"method.teacher_weights={teacher}"]
+        if "teacher_scale" not in method:  # a scaled teacher sees the crops upsampled instead
+            overrides.append(f"method.teacher_image_size={SIZE}")
+    if settings.get("eval", {}).get("reference_size"):
+        overrides.append("eval.reference_size=48")  # the start at a larger size, kept small
     return overrides
 
 
