@@ -12,10 +12,11 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from acclimate.data.datamodule import eval_loader
+from acclimate.errors import TrainingFailed
 from acclimate.eval.evaluate import EvalSettings
 from acclimate.eval.features import extract_features
 from acclimate.eval.knn import knn_accuracy
-from acclimate.guard import DIVERGED_HINT, TrainingFailed, non_finite_tensors
+from acclimate.guard import DIVERGED_HINT, non_finite_tensors
 
 log = logging.getLogger(__name__)
 

@@ -54,3 +54,21 @@ def private_cache(tmp_path_factory: pytest.TempPathFactory):
     mp.setenv("ACCLIMATE_CACHE_DIR", str(tmp_path_factory.mktemp("acclimate-cache")))
     yield
     mp.undo()
+
+
+def stub_trainer(module, accumulate: int = 1):
+    """Drive an SSLModule's hooks without Lightning: a stub trainer (10 batches per epoch, 20
+    optimisation steps in all, gradient accumulation ``accumulate``), logging switched off."""
+    from types import SimpleNamespace
+
+    module._trainer = SimpleNamespace(
+        global_step=0,
+        num_training_batches=10,
+        estimated_stepping_batches=20,
+        max_epochs=2,
+        accumulate_grad_batches=accumulate,
+        world_size=1,
+        optimizers=[],
+    )
+    module.log = module.log_dict = lambda *a, **k: None
+    return module

@@ -3,11 +3,10 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import stub_trainer
 
 from acclimate.backbones import create_backbone
 from acclimate.ssl import BYOL, DINO, MAE, MoCoV3, OptimSettings, SimCLR
@@ -29,15 +28,7 @@ HAS_TEACHER = [DINO, DINOv2, MoCoV3, BYOL]
 def _module(cls, backbone="test_vit", small=None, **kw):
     torch.manual_seed(0)
     module = cls(create_backbone(backbone), 4, OPTIM, **(small or SMALL[cls]), **kw)
-    module._trainer = SimpleNamespace(
-        global_step=0,
-        num_training_batches=10,
-        estimated_stepping_batches=20,
-        max_epochs=2,
-        accumulate_grad_batches=1,
-        world_size=1,
-    )
-    module.log = module.log_dict = lambda *a, **k: None
+    stub_trainer(module)
     return module
 
 

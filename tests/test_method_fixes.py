@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import stub_trainer
 from torch import nn
 
 from acclimate.backbones import create_backbone
@@ -36,17 +37,7 @@ def _dino(**kw):
     module = DINO(
         create_backbone("test_resnet"), 4, optim, out_dim=16, hidden_dim=16, bottleneck_dim=8, **kw
     )
-    module._trainer = SimpleNamespace(
-        global_step=0,
-        num_training_batches=10,
-        estimated_stepping_batches=20,
-        max_epochs=2,
-        accumulate_grad_batches=2,
-        world_size=1,
-        optimizers=[],
-    )
-    module.log = module.log_dict = lambda *a, **k: None
-    return module
+    return stub_trainer(module, accumulate=2)
 
 
 def _views(seed=1):

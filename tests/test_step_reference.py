@@ -4,11 +4,10 @@ error (local crops to the teacher, swapped views, a stale centre) changes the va
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import stub_trainer
 from test_contrastive import reference_byol, reference_moco_v3, reference_ntxent
 from test_dino import reference_dino_loss
 
@@ -19,15 +18,7 @@ OPTIM = OptimSettings(freeze_backbone_epochs=0, warmup_epochs=0)
 
 
 def _attach(module):
-    module._trainer = SimpleNamespace(
-        global_step=0,
-        num_training_batches=10,
-        estimated_stepping_batches=20,
-        max_epochs=2,
-        accumulate_grad_batches=1,
-        world_size=1,
-    )
-    module.log = module.log_dict = lambda *a, **k: None
+    stub_trainer(module)
     module.train()
     module.set_backbone_mode(module.backbone)  # as on_train_batch_start: BN stays pretrained
     return module
