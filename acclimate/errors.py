@@ -1,4 +1,5 @@
-"""The one base class of user-facing errors: the CLI prints them as one line, exit code 2."""
+"""The base class of user-facing errors: the CLI prints them as one line, exit code 2 (1 for a
+run that stopped itself, `TrainingFailed`)."""
 
 
 class AcclimateError(ValueError):
