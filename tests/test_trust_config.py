@@ -542,7 +542,7 @@ def test_export_refuses_a_diverged_run(trained, tmp_path, capsys):
     poisoned = [k for k in sd if k.endswith("backbone.conv1.0.weight")]  # student and teacher
     assert len(poisoned) == 2
     for k in poisoned:
-        sd[k] = sd[k].clone()
+        sd[k] = sd[k].contiguous()  # checkpoints may hold channels-last weights
         sd[k].view(-1)[0] = float("inf") if k.startswith("teacher") else float("nan")
     torch.save(obj, ckpt)
     out = tmp_path / "export"
