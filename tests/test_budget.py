@@ -32,7 +32,7 @@ def test_max_time_ends_in_time_with_checkpoint_and_evidence(tmp_path, tiny_datas
     start = time.monotonic()
     args = ["train", str(recipe), f"run_dir={run}", f"trainer.max_time=00:00:00:{budget}"]
     with caplog.at_level("INFO"):
-        assert main([*args, "eval.every_n_epochs=0", "optim.min_lr=1e-6"]) == 0
+        assert main([*args, "eval.every_n_epochs=0", "optim.min_lr=1e-8"]) == 0
     elapsed = time.monotonic() - start
     assert elapsed < budget + 30  # imports come on top of the budget (it starts with the run)
     plan = [r.getMessage() for r in caplog.records if "planning" in r.getMessage()]
