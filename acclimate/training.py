@@ -356,7 +356,8 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool) -> tuple[Path, dict[str,
         recipe, "method", method_cls, backbone=backbone, batch_size=dm.batch_size, optim=optim
     )
 
-    if recipe.data["trainer"]["channels_last"] and has_convolutions(module):
+    settings = construct(recipe, "trainer", TrainerSettings)
+    if settings.channels_last and has_convolutions(module):
         channels_last(module)  # student, teachers and the frozen start alike
         channels_last(start)
     eval_settings = EvalSettings(**recipe.section("eval"))
@@ -396,7 +397,6 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool) -> tuple[Path, dict[str,
         )
     if adapter.active:
         callbacks.append(AdapterCheckpoint(base, adapter.save_base))
-    settings = construct(recipe, "trainer", TrainerSettings)
     trainer = settings.build(run_dir, callbacks, seed=recipe.data["seed"])
     params = {"params/backbone_trainable": report.trainable, "params/backbone_total": report.total}
     for lg in trainer.loggers if not resume else []:
