@@ -9,7 +9,10 @@ table and saves every figure as JSON.
     mkdir -p /tmp/acclimate-data
     for f in ../shared/data/*.tar.gz; do tar xzf $f -C /tmp/acclimate-data; done
     python bench/bench_quality.py --data-root /tmp/acclimate-data --budget 00:00:30:00 \\
-        --recipes recipes/demo.yaml --domains eurosat ucmerced bccd --out bench/quality.json
+        --recipes preset --domains eurosat ucmerced bccd --out bench/quality.json
+
+``--recipes preset`` (the default) runs each domain with its preset's recipe,
+``recipes/PRESET/efficientnet_lite0.yaml``; name recipe files to run each of them on every domain.
 
 Not part of the tests. Other domains: ``--domain NAME=SRC:TRAIN:TEST:PRESET:SIZE``.
 """
@@ -43,6 +46,14 @@ DOMAINS = {
 }
 # forgetting: each domain is checked on another domain's labelled set
 FORGETTING = {"eurosat": "ucmerced", "ucmerced": "eurosat", "bccd": "eurosat"}
+
+
+def preset_recipe(domain: Domain) -> str:
+    """The recipe that acclimate ships for the domain's kind of data."""
+    path = ROOT / "recipes" / domain.preset / "efficientnet_lite0.yaml"
+    if not path.is_file():
+        raise SystemExit(f"{path}: no recipe for preset {domain.preset!r}; pass --recipes FILE")
+    return str(path)
 
 
 def _evaluate(models: list[str], weights: str, domain: Domain, root: Path, out: Path) -> dict:
@@ -128,8 +139,8 @@ def table(rows: list[dict]) -> str:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data-root", type=Path, required=True)
-    p.add_argument("--recipes", nargs="+", default=[str(ROOT / "recipes" / "demo.yaml")])
-    p.add_argument("--domains", nargs="+", default=list(DOMAINS))
+    p.add_argument("--recipes", nargs="+", default=["preset"], help="recipe files, or 'preset'")
+    p.add_argument("--domains", nargs="*", default=list(DOMAINS))
     p.add_argument("--domain", action="append", default=[], help="NAME=SRC:TRAIN:TEST:PRESET:SIZE")
     p.add_argument("--budget", default="00:00:30:00")
     p.add_argument("--work", type=Path, default=Path("/tmp/acclimate-bench-quality"))
@@ -142,8 +153,9 @@ def main() -> int:
         FORGETTING.setdefault(name, "eurosat")
         args.domains.append(name)
     rows = []
-    for recipe in args.recipes:
+    for recipe_arg in args.recipes:
         for name in args.domains:
+            recipe = preset_recipe(DOMAINS[name]) if recipe_arg == "preset" else recipe_arg
             work = args.work / f"{Path(recipe).stem}-{name}-{time.strftime('%H%M%S')}"
             rows.append(run_one(recipe, DOMAINS[name], args.data_root, args.budget, work))
             args.out.write_text(
