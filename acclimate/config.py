@@ -182,7 +182,13 @@ def _where(recipe: Recipe, key: str) -> str:
 
 
 def _fail(recipe: Recipe, key: str, message: str) -> typing.NoReturn:
-    raise ConfigError(f"{_where(recipe, key)}: {key}: {message}")
+    raise recipe_error(recipe, key, message)
+
+
+def recipe_error(recipe: Recipe, key: str, message: str) -> ConfigError:
+    """The error of a check made once the recipe's objects exist (e.g. a feature kind that the
+    backbone cannot give): one line naming ``key`` and the file that set it."""
+    return ConfigError(f"{_where(recipe, key)}: {key}: {message}")
 
 
 def _suggest(key: str, options: Sequence[str]) -> str:
@@ -192,14 +198,23 @@ def _suggest(key: str, options: Sequence[str]) -> str:
 
 
 def signature_params(fn: Callable[..., Any], skip: set[str] = frozenset()) -> dict[str, Any]:
-    """Parameter name -> (annotation, default) of a callable (for a class, of its __init__)."""
+    """Parameter name -> (annotation, default) of a callable (for a class, of its __init__).
+
+    A class whose ``__init__`` takes ``**kwargs`` passes them to its parent's (as `DINOv2` does
+    to `DINO`): the parent's parameters are the class's too."""
     target = fn.__init__ if inspect.isclass(fn) else fn
     hints = typing.get_type_hints(target)
-    out = {}
+    out, forwards = {}, False
     for name, p in inspect.signature(target).parameters.items():
+        forwards |= p.kind == p.VAR_KEYWORD
         if name == "self" or name in skip or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
             continue
         out[name] = (hints.get(name, Any), p.default)
+    if forwards and inspect.isclass(fn):
+        parent = next((c for c in fn.__mro__[1:] if "__init__" in vars(c)), None)
+        if parent is not None and parent is not object:
+            for name, value in signature_params(parent, skip).items():
+                out.setdefault(name, value)
     return out
 
 
@@ -430,6 +445,12 @@ def _clip(value: Any) -> str | None:
     return None
 
 
+def _feature_kind(value: Any) -> str | None:
+    from acclimate.eval.features import VECTOR_KINDS, kind_problem
+
+    return None if kind_problem(value) is None else VECTOR_KINDS
+
+
 RULES: dict[str, Rule] = {
     "data.channels": COUNT,  # first: backbone.in_chans follows it when not given
     "seed": Range(0, 2**32 - 1),
@@ -496,6 +517,7 @@ RULES: dict[str, Rule] = {
     "eval.n_pictures": ZERO_OK,
     "eval.reference_size": COUNT,
     "eval.projector_images": ZERO_OK,
+    "eval.features": _feature_kind,
     # method.KEY: whichever method has the key
     "method.out_dim": COUNT,
     "method.hidden_dim": COUNT,

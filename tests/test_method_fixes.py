@@ -226,3 +226,35 @@ def test_channels_last_gives_the_same_loss_and_features():
     with channels_last_for(plain.backbone):
         assert is_channels_last(plain.backbone)
     assert not is_channels_last(plain.backbone)
+
+
+def test_dinov2_mask_token_trains_as_the_stem_not_as_a_head():
+    """DINOv2's ``get_vit_lr_decay_rate`` gives ``mask_token`` layer 0: the backbone's LR
+    multiplier and the deepest layer decay, as the patch embedding, not the head's LR."""
+    from acclimate.ssl.dinov2 import DINOv2
+
+    torch.manual_seed(0)
+    optim = OptimSettings(backbone_lr_mult=0.1, layer_decay=0.5)
+    v2 = DINOv2(create_backbone("test_vit"), 4, optim, out_dim=16, hidden_dim=16, bottleneck_dim=8)
+    opt = stub_trainer(v2).configure_optimizers()
+    group_of = {id(p): g for g in opt.param_groups for p in g["params"]}
+    token = group_of[id(v2.mask_token.weight)]
+    patch = group_of[id(v2.backbone.patch_embed.proj.weight)]
+    head = group_of[id(v2.head.mlp[0].weight)]
+    n_blocks = len(v2.backbone.blocks)
+    assert token["lr_scale"] == pytest.approx(0.1 * 0.5 ** (n_blocks + 1))
+    assert token["lr_scale"] == pytest.approx(patch["lr_scale"])
+    assert token["is_backbone"] and token["apply_wd"] and head["lr_scale"] == 1.0
+
+
+def test_dinov2_recipe_keys_follow_its_kwargs_to_dino():
+    """DINOv2 passes DINO's arguments through ``**dino``: the recipe schema still has them all,
+    with DINO's defaults, and still refuses unknown keys."""
+    from acclimate.config import signature_params
+    from acclimate.ssl.dinov2 import DINOv2
+
+    params = signature_params(DINOv2)
+    dino = signature_params(DINO)
+    assert set(dino) <= set(params)
+    assert params["out_dim"] == dino["out_dim"] and params["teacher_scale"][1] == 1.0
+    assert "ibot_weight" in params and "dino" not in params

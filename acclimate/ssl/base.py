@@ -175,6 +175,11 @@ class SSLModule(pl.LightningModule):
 
     adam_betas: tuple[float, float] = (0.9, 0.999)  # MAE: (0.9, 0.95)
 
+    def backbone_input_groups(self) -> list[dict]:
+        """Parameter groups of method-owned inputs to the backbone (DINOv2's mask token): they
+        train as the backbone's stem does. None by default."""
+        return []
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
         o = self.optim
         groups = param_groups(
@@ -183,6 +188,7 @@ class SSLModule(pl.LightningModule):
             layer_decay=o.layer_decay,
             patch_embed_lr_mult=o.patch_embed_lr_mult,
         )
+        groups += self.backbone_input_groups()
         for g in groups:
             g["is_backbone"] = True
         for head in self.head_modules():

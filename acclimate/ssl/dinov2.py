@@ -4,7 +4,7 @@ without Supervision", TMLR 2024): DINO on the class token + iBOT on masked patch
 from __future__ import annotations
 
 import copy
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -16,7 +16,7 @@ from acclimate.ssl.dino import DINO, forward_by_size
 from acclimate.ssl.heads import DINOHead
 from acclimate.ssl.losses import IBOTLoss, KoLeoLoss
 from acclimate.ssl.masking import block_masks
-from acclimate.ssl.optim import OptimSettings
+from acclimate.ssl.optim import OptimSettings, decay_exponents
 from acclimate.ssl.sinkhorn import sinkhorn_knopp
 from acclimate.ssl.tokens import (
     TOKEN_VIT_HINT,
@@ -54,7 +54,6 @@ class DINOv2(DINO):
     Args:
         backbone: a timm ViT (``vision_transformer`` / ``deit`` models).
         batch_size, optim: as for every method.
-        out_dim ... freeze_last_layer_epochs: as for `DINO` (the DINO head on the class token).
         ibot_weight: weight of the iBOT masked-patch loss (paper: 1.0).
         koleo_weight: weight of the KoLeo regulariser (paper: 0.1; 0 disables it).
         mask_ratio: (min, max) fraction of patches masked in a masked crop (paper: 0.1-0.5).
@@ -63,11 +62,10 @@ class DINOv2(DINO):
         centering: ``centering`` (DINO's running centre) or ``sinkhorn_knopp`` (no state; the
             paper's choice for its largest runs, steadier on small or imbalanced domains).
         sinkhorn_iters: Sinkhorn-Knopp rounds (paper: 3).
-        teacher_scale: the teacher sees the views upsampled by this factor (bilinear), the
-            student the native ones (`acclimate.ssl.anchor`); 2-3.5 for small tiles and a
-            backbone pretrained at 224 px.
-        anchor_weight: weight of a distillation term from the frozen starting backbone
-            (cosine distance of pooled features, `acclimate.ssl.anchor`); 0 disables it.
+        **dino: `DINO`'s arguments (``out_dim`` ... ``freeze_last_layer_epochs``,
+            ``teacher_scale``, ``anchor_weight``), for the DINO head on the class token and the
+            shared teacher; recipes give them as ``method.KEY`` like the ones above (the recipe
+            schema follows ``**dino`` to `DINO`'s signature).
     """
 
     def __init__(
@@ -75,20 +73,6 @@ class DINOv2(DINO):
         backbone: nn.Module,
         batch_size: int = 64,
         optim: OptimSettings | None = None,
-        out_dim: int = 65536,
-        hidden_dim: int = 2048,
-        bottleneck_dim: int = 256,
-        head_layers: int = 3,
-        use_bn_in_head: bool = False,
-        norm_last_layer: bool = True,
-        student_temp: float = 0.1,
-        teacher_temp: float = 0.04,
-        warmup_teacher_temp: float = 0.04,
-        warmup_teacher_temp_epochs: float = 0.0,
-        center_momentum: float = 0.9,
-        momentum_teacher: float = 0.996,
-        momentum_teacher_end: float = 1.0,
-        freeze_last_layer_epochs: float = 1.0,
         ibot_weight: float = 1.0,
         koleo_weight: float = 0.1,
         mask_ratio: tuple[float, float] = (0.1, 0.5),
@@ -96,8 +80,7 @@ class DINOv2(DINO):
         ibot_separate_head: bool = False,
         centering: Literal["centering", "sinkhorn_knopp"] = "centering",
         sinkhorn_iters: int = 3,
-        teacher_scale: float = 1.0,
-        anchor_weight: float = 0.0,
+        **dino: Any,
     ) -> None:
         require_token_vit(backbone, "dinov2")
         if not 0 <= mask_ratio[0] <= mask_ratio[1] <= 1:
@@ -106,27 +89,9 @@ class DINOv2(DINO):
             raise ValueError(f"mask_prob must be in [0, 1], got {mask_prob}")
         if ibot_weight < 0 or koleo_weight < 0:
             raise ValueError("ibot_weight and koleo_weight must be >= 0")
-        super().__init__(
-            backbone,
-            batch_size=batch_size,
-            optim=optim,
-            out_dim=out_dim,
-            hidden_dim=hidden_dim,
-            bottleneck_dim=bottleneck_dim,
-            head_layers=head_layers,
-            use_bn_in_head=use_bn_in_head,
-            norm_last_layer=norm_last_layer,
-            student_temp=student_temp,
-            teacher_temp=teacher_temp,
-            warmup_teacher_temp=warmup_teacher_temp,
-            warmup_teacher_temp_epochs=warmup_teacher_temp_epochs,
-            center_momentum=center_momentum,
-            momentum_teacher=momentum_teacher,
-            momentum_teacher_end=momentum_teacher_end,
-            freeze_last_layer_epochs=freeze_last_layer_epochs,
-            teacher_scale=teacher_scale,
-            anchor_weight=anchor_weight,
-        )  # saves every argument above as hyperparameters
+        # saves DINO's arguments and the ones above as hyperparameters
+        super().__init__(backbone, batch_size=batch_size, optim=optim, **dino)
+        out_dim, student_temp = self.hparams.out_dim, self.hparams.student_temp
         self.mask_token = MaskToken(backbone.embed_dim)
         released = getattr(backbone, PRETRAINED_MASK_TOKEN, None)
         if released is not None:  # the official checkpoint's, kept by `load_weights`
@@ -139,7 +104,7 @@ class DINOv2(DINO):
                 if isinstance(m, nn.Linear):
                     nn.init.trunc_normal_(m.weight, std=0.02)
             self.teacher_ibot_head = copy.deepcopy(self.ibot_head).requires_grad_(False)
-        self.ibot_center = Center(out_dim, center_momentum)
+        self.ibot_center = Center(out_dim, self.hparams.center_momentum)
         self.ibot_criterion = IBOTLoss(student_temp)
         self.koleo = KoLeoLoss()
 
@@ -150,8 +115,18 @@ class DINOv2(DINO):
         return f"dinov2 (iBOT) needs {TOKEN_VIT_HINT}; '{name}' is not one (no patch tokens)"
 
     def head_modules(self) -> list[nn.Module]:
-        extra = [self.ibot_head] if self.ibot_head is not None else []
-        return [self.head, *extra, self.mask_token]
+        return [self.head] + ([self.ibot_head] if self.ibot_head is not None else [])
+
+    def backbone_input_groups(self) -> list[dict]:
+        """The mask token trains as the backbone's stem (DINOv2's ``get_vit_lr_decay_rate``
+        gives ``mask_token`` layer 0): the backbone's LR multiplier times the deepest layer
+        decay, with weight decay, frozen with the backbone during a head warm-up."""
+        o = self.optim
+        scale = o.backbone_lr_mult
+        if o.layer_decay is not None:
+            scale *= o.layer_decay ** max(decay_exponents(self.backbone).values(), default=0)
+        params = [p for p in self.mask_token.parameters() if p.requires_grad]
+        return [{"params": params, "lr_scale": scale, "apply_wd": True}] if params else []
 
     def _patch_heads(self) -> tuple[nn.Module, nn.Module]:
         if self.ibot_head is None:
