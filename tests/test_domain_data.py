@@ -288,13 +288,13 @@ def test_index_cache_reused_and_invalidated(
             (root / cls / f"{j}.png").write_bytes(b"")
     first = open_source(root)
     assert len(list((private_cache / "index").glob("*.npz"))) == 1
-    from acclimate.data import sources
+    from acclimate.data.sources import folder
 
     def no_scan(*args: object) -> None:
         raise AssertionError("rescanned although nothing changed")
 
     with monkeypatch.context() as m:
-        m.setattr(sources, "_scan_folder_source", no_scan)
+        m.setattr(folder, "_scan_folder_index", no_scan)
         again = open_source(root)
     assert [again.describe(i) for i in range(6)] == [first.describe(i) for i in range(6)]
     assert again.labels.tolist() == first.labels.tolist() and again.classes == ["a", "b"]

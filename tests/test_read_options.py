@@ -61,7 +61,7 @@ def test_window_reaches_training_checkpoint_export_and_eval(tmp_path, capsys, ca
     export = tmp_path / "export"
     assert main(["export", str(run), "--out", str(export)]) == 0
     ex = acclimate.load(export)
-    # missing values are filled with the training mean (readers.py, "Missing values")
+    # missing values are filled with the training mean (acclimate.data.readers, "Missing values")
     assert ex.options == ReadOptions(window=(WINDOW[0], WINDOW[1]), nodata_fill=tuple(ex.mean))
     assert resolve_model(str(export)).options == ex.options
 

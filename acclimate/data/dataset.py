@@ -10,61 +10,20 @@ from typing import Any, Literal
 import torch
 from torch.utils.data import Dataset, default_collate
 
-from acclimate.data.readers import (
-    BAD_REASONS,
-    DataError,
-    MissingExtra,
-    bad_reason,
-    describe_error,
-    reject_constant,
+from acclimate.data.bad_files import (
+    BadFileLog,
+    BadItem,
+    bad_file_counts,
+    decode,
+    read_bad_file_log,
 )
-from acclimate.data.sources import ImageSource
+from acclimate.data.readers import DataError
+from acclimate.data.sources.base import ImageSource
+
+# read_bad_file_log and bad_file_counts live in bad_files; importable from here as before
+__all__ = ["ImageDataset", "bad_file_counts", "collate_kept", "read_bad_file_log"]
 
 log = logging.getLogger(__name__)
-
-
-def _one_field(text: str) -> str:
-    """Text safe for one tab-separated field of a one-line log entry."""
-    return " ".join(text.split("\t")).replace("\n", " ").replace("\r", " ")
-
-
-def read_bad_file_log(path: str | Path) -> dict[str, str]:
-    """The entries of a bad-file log as {path: reason}, duplicates merged; {} if it does not exist.
-
-    Each DataLoader worker writes its own finds, so the count for a run is ``len`` of this.
-    """
-    path = Path(path)
-    if not path.exists():
-        return {}
-    entries: dict[str, str] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        where, _, reason = line.partition("\t")
-        if where:
-            entries.setdefault(where, reason)
-    return entries
-
-
-def bad_file_counts(path: str | Path) -> dict[str, int]:
-    """Distinct bad items per reason (``readers.BAD_REASONS``) in a bad-file log."""
-    counts: dict[str, int] = {}
-    for reason in read_bad_file_log(path).values():
-        kind = reason[1 : reason.index("]")] if reason.startswith("[") and "]" in reason else ""
-        kind = kind if kind in BAD_REASONS else "unreadable"
-        counts[kind] = counts.get(kind, 0) + 1
-    return counts
-
-
-def append_bad_file(log_file: str | Path, where: str, reason: str, text: str) -> bool:
-    """Append ``where<TAB>[reason] text`` to a bad-file log unless ``where`` is listed already;
-    True when written. One short append: lines from several workers do not interleave."""
-    log_file = Path(log_file)
-    where = _one_field(where)
-    if where in read_bad_file_log(log_file):
-        return False
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_file, "a", encoding="utf-8") as f:
-        f.write(f"{where}\t[{reason}] {_one_field(text)}\n")
-    return True
 
 
 class ImageDataset(Dataset):
@@ -99,9 +58,9 @@ class ImageDataset(Dataset):
         self.on_bad = on_bad
         self.skip_constant = skip_constant
         self.transform = transform
-        self.bad_file_log = None if bad_file_log is None else Path(bad_file_log)
+        self.bad_file_log = None if bad_file_log is None else BadFileLog(bad_file_log)
         if self.bad_file_log is not None:
-            self.bad_file_log.parent.mkdir(parents=True, exist_ok=True)
+            self.bad_file_log.path.parent.mkdir(parents=True, exist_ok=True)
         self.n_bad = 0
         self.bad: dict[int, str] = {}
 
@@ -115,15 +74,10 @@ class ImageDataset(Dataset):
         tries = 1 if self.on_bad == "drop" else min(self.max_tries, n)
         for step in range(tries):
             i = (index + step) % n
-            try:
-                image = self.source.load(i)
-                if self.skip_constant:
-                    reject_constant(image)
-            except MissingExtra:
-                raise
-            except Exception as exc:  # decoders raise OSError, ValueError, SyntaxError, ...
-                last_error = describe_error(exc)
-                self.report_bad(i, bad_reason(exc), last_error)
+            image = decode(self.source, i, self.skip_constant)
+            if isinstance(image, BadItem):
+                last_error = image.text
+                self.report_bad(i, image.reason, image.text)
                 continue
             label = int(self.source.labels[i])
             image = image if self.transform is None else self.transform(image)
@@ -147,7 +101,7 @@ class ImageDataset(Dataset):
         what = "leaving out image" if reason == "not finite" else "skipping unreadable image"
         if self.bad_file_log is None:
             log.warning("%s %s ([%s] %s)", what, where, reason, text)
-        elif append_bad_file(self.bad_file_log, where, reason, text):
+        elif self.bad_file_log.add(where, reason, text):
             log.warning(
                 "%s %s ([%s] %s); listed in %s", what, where, reason, text, self.bad_file_log
             )

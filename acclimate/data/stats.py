@@ -2,7 +2,7 @@
 percentiles for clipping, in one streaming pass over a random sample.
 
 Values are in the units the transforms see before normalisation: uint8 images scaled to [0, 1],
-float images (16-bit, DICOM, NIfTI, ...) as the readers return them (see ``readers.py``).
+float images (16-bit, DICOM, NIfTI, ...) as the readers return them (``acclimate.data.readers``).
 
 Missing values never enter a statistic: files are read with ``ReadOptions.keep_missing`` (nodata
 becomes NaN instead of being filled), and any value that is not finite, has ``|v| >= 3.4e38``
@@ -24,8 +24,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from acclimate.data.readers import NODATA_LIMIT, DataError, MissingExtra, describe_error
-from acclimate.data.sources import FileSource, ImageSource
+from acclimate.data.bad_files import BadItem, decode
+from acclimate.data.index_cache import key_file
+from acclimate.data.readers import NODATA_LIMIT, DataError, describe_error
+from acclimate.data.sources.base import FileSource, ImageSource
 from acclimate.fileio import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -107,64 +109,32 @@ def source_stats(
     picked, rng = _sample(source, max_images, seed)
     c = source.channels
     view, nodata = keeping_missing(source), _nodata_of(source)
-    per_image = max(16, PERCENTILE_VALUES // (c * len(picked)))
-    count = torch.zeros(c, dtype=torch.float64)
-    mean = torch.zeros(c, dtype=torch.float64)
-    m2 = torch.zeros(c, dtype=torch.float64)
-    lo = torch.full((c,), math.inf, dtype=torch.float64)
-    hi = torch.full((c,), -math.inf, dtype=torch.float64)
-    kept: list[np.ndarray] = []
+    run = _Running(c, max(16, PERCENTILE_VALUES // (c * len(picked))), rng)
     skipped = 0
     left_out = 0
     nodata_files: list[str] = []
     for i in picked.tolist():
-        try:
-            image = view.load(i)
-        except MissingExtra:
-            raise
-        except Exception as exc:  # decoders raise OSError, ValueError, SyntaxError, ...
+        image = decode(view, i)
+        if isinstance(image, BadItem):
             log.warning(
-                "statistics: skipping unreadable image %s (%s)",
-                source.describe(i),
-                describe_error(exc),
+                "statistics: skipping unreadable image %s (%s)", source.describe(i), image.text
             )
             skipped += 1
             continue
-        x = _pixels(image)
-        k = x.shape[1]
-        ok = usable(x, nodata)
+        x, ok = _leave_out_nodata(source.describe(i), _pixels(image), nodata)
         if ok is not None:
-            n = int((~ok).sum())
-            left_out += n
+            left_out += int((~ok).sum())
             nodata_files.append(source.describe(i))
-            log.warning(
-                "statistics: %s holds %d nodata or non-finite value(s) (%.1f%%): left out",
-                source.describe(i),
-                n,
-                100.0 * n / max(x.numel(), 1),
-            )
-            x = torch.where(ok, x, torch.nan)
-        count = _merge(mean, m2, count, x, ok)
-        lo = torch.minimum(lo, (x if ok is None else torch.where(ok, x, math.inf)).min(1).values)
-        hi = torch.maximum(hi, (x if ok is None else torch.where(ok, x, -math.inf)).max(1).values)
-        cols = x if k <= per_image else x[:, torch.from_numpy(rng.choice(k, per_image, False))]
-        kept.append(cols.to(torch.float32).numpy())
-    if not kept:
+        run.add(x, ok)
+    if not run.kept:
         raise DataError(f"{source.name}: none of the {len(picked)} sampled images is readable")
-    _check_counts(source, count)
-    values = np.concatenate(kept, axis=1).astype(np.float64)
-    q = np.nanpercentile(values, list(percentiles), axis=1)  # (P, C), NaN = left out
+    _check_counts(source, run.count)
     stats = {
-        "channels": c,
-        "mean": mean.tolist(),
-        "std": (m2 / count).sqrt().tolist(),
-        "min": lo.tolist(),
-        "max": hi.tolist(),
-        "percentiles": {_key(p): q[j].tolist() for j, p in enumerate(percentiles)},
+        **run.summary(percentiles),
         "n_images": len(source),
         "sampled": len(picked) - skipped,
         "unreadable": skipped,
-        "pixels": int(count.max()),
+        "pixels": int(run.count.max()),
         "nodata_values": left_out,
         "nodata_images": len(nodata_files),
         "nodata_files": nodata_files[:NODATA_FILES_LISTED],
@@ -182,6 +152,62 @@ def source_stats(
         [round(s, 4) for s in stats["std"]],
     )
     return stats
+
+
+def _leave_out_nodata(
+    where: str, x: torch.Tensor, nodata: float | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(x with NaN where a value may not enter statistics, mask of those that may) for the
+    pixels x (C, K) of one image, with a WARNING naming it; (x, None) when all may."""
+    ok = usable(x, nodata)
+    if ok is None:
+        return x, None
+    n = int((~ok).sum())
+    log.warning(
+        "statistics: %s holds %d nodata or non-finite value(s) (%.1f%%): left out",
+        where,
+        n,
+        100.0 * n / max(x.numel(), 1),
+    )
+    return torch.where(ok, x, torch.nan), ok
+
+
+class _Running:
+    """Per-channel count, mean, M2, min and max over the images merged so far, and up to
+    ``per_image`` pixels of each (drawn with ``rng``) for the percentiles."""
+
+    def __init__(self, channels: int, per_image: int, rng: np.random.Generator) -> None:
+        self.count = torch.zeros(channels, dtype=torch.float64)
+        self.mean = torch.zeros(channels, dtype=torch.float64)
+        self.m2 = torch.zeros(channels, dtype=torch.float64)
+        self.lo = torch.full((channels,), math.inf, dtype=torch.float64)
+        self.hi = torch.full((channels,), -math.inf, dtype=torch.float64)
+        self.kept: list[np.ndarray] = []
+        self.per_image, self.rng = per_image, rng
+
+    def add(self, x: torch.Tensor, ok: torch.Tensor | None) -> None:
+        """Merge the pixels x (C, K) of one image; with ``ok`` (C, K) only those values."""
+        self.count = _merge(self.mean, self.m2, self.count, x, ok)
+        low = x if ok is None else torch.where(ok, x, math.inf)
+        high = x if ok is None else torch.where(ok, x, -math.inf)
+        self.lo = torch.minimum(self.lo, low.min(1).values)
+        self.hi = torch.maximum(self.hi, high.max(1).values)
+        k, n = x.shape[1], self.per_image
+        cols = x if k <= n else x[:, torch.from_numpy(self.rng.choice(k, n, False))]
+        self.kept.append(cols.to(torch.float32).numpy())
+
+    def summary(self, percentiles: Sequence[float]) -> dict[str, Any]:
+        """``channels``, ``mean``, ``std``, ``min``, ``max`` and ``percentiles`` as lists."""
+        values = np.concatenate(self.kept, axis=1).astype(np.float64)
+        q = np.nanpercentile(values, list(percentiles), axis=1)  # (P, C), NaN = left out
+        return {
+            "channels": len(self.count),
+            "mean": self.mean.tolist(),
+            "std": (self.m2 / self.count).sqrt().tolist(),
+            "min": self.lo.tolist(),
+            "max": self.hi.tolist(),
+            "percentiles": {_key(p): q[j].tolist() for j, p in enumerate(percentiles)},
+        }
 
 
 def _check_counts(source: ImageSource, count: torch.Tensor) -> None:
@@ -261,11 +287,8 @@ def clip_stats(
     mean, m2 = torch.zeros(c, dtype=torch.float64), torch.zeros(c, dtype=torch.float64)
     readable = 0
     for i in picked.tolist():
-        try:
-            image = view.load(i)
-        except MissingExtra:
-            raise
-        except Exception:  # already reported by source_stats
+        image = decode(view, i)
+        if isinstance(image, BadItem):  # already reported by source_stats
             continue
         x = _pixels(image)
         ok = usable(x, nodata)  # nodata is left out, as in source_stats
@@ -348,6 +371,4 @@ def cached_stats_file(
 ) -> Path | None:
     """Where ``acclimate stats`` leaves the statistics of a source for ``data.mean: auto``
     (``$ACCLIMATE_CACHE_DIR/stats/HASH.json``); None when the cache is off."""
-    from acclimate.data.index_cache import key_file
-
     return key_file("stats", stats_key(spec, split, channels, options), ".json")
