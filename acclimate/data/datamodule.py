@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import lightning.pytorch as pl
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, default_collate
 
 from acclimate.data.dataset import ImageDataset, bad_file_counts, collate_kept
 from acclimate.data.readers import DEFAULT_MAX_PIXELS, DataError, ReadOptions, tiff_band_names
@@ -31,6 +31,7 @@ from acclimate.data.stats import (
     save_stats,
     source_stats,
 )
+from acclimate.data.transforms import MultiCropTransform
 from acclimate.resume import ResumableLoader, trainer_position
 
 log = logging.getLogger(__name__)
@@ -92,7 +93,8 @@ class SSLDataModule(pl.LightningDataModule):
         stats: a statistics file written by ``acclimate stats SRC --out FILE``.
         stats_images: images sampled to compute ``auto`` statistics.
         batch_size: images per device per step.
-        num_workers: DataLoader worker processes (augmentation runs there).
+        num_workers: DataLoader worker processes (the per-image augmentation runs there, and
+            the per-batch one with ``augment.device: cpu``).
         max_bad_fraction: fail before training when more than this fraction of a sample of the
             source cannot be used.
         skip_constant: skip images whose values are all equal (blank tiles, no-data areas).
@@ -143,13 +145,13 @@ class SSLDataModule(pl.LightningDataModule):
         self.split = resolve_split(train, train_split)
         self.channels = channels
         self.options = ReadOptions(
-            bands=None if bands is None else tuple(bands),
-            band_names=None if band_names is None else tuple(band_names),
-            window=None if window is None else (float(window[0]), float(window[1])),
+            bands=bands,
+            band_names=band_names,
+            window=window,
             slice_axis=slice_axis,
-            nodata=None if nodata is None else float(nodata),
-            nodata_fill=nodata_fill if nodata_fill == "mean" else float(nodata_fill),
-            max_pixels=int(max_pixels),
+            nodata=nodata,
+            nodata_fill=nodata_fill,
+            max_pixels=max_pixels,
         )
         self.image_size = image_size
         self.mean, self.std = mean, std
@@ -161,6 +163,7 @@ class SSLDataModule(pl.LightningDataModule):
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.transform = transform
+        self._batch_on_device = False  # augment.device auto with an accelerator (train_dataloader)
         self.seed = 0  # the run's seed (set by training): data order and augmentation
         self.bad_file_log = bad_file_log
         self.source: ImageSource = open_source(
@@ -278,9 +281,10 @@ class SSLDataModule(pl.LightningDataModule):
         each item's augmentation are functions of (``seed``, epoch, index)."""
         if self.transform is None:
             raise RuntimeError("SSLDataModule.transform must be set before training")
+        item, collate = self._augment_stages()
         dataset = ImageDataset(
             self.source,
-            self.transform,
+            item,
             bad_file_log=self.bad_file_log,
             skip_constant=self.skip_constant,
         )
@@ -295,7 +299,35 @@ class SSLDataModule(pl.LightningDataModule):
             num_workers=workers,
             persistent_workers=workers > 0,
             pin_memory=False,
+            collate_fn=collate,
         )
+
+    def _augment_stages(self) -> tuple[Callable[[Any], Any], Callable[[list], Any] | None]:
+        """The per-item transform and the loader's collate function for ``augment.device``
+        (`transforms.MultiCropTransform`); sets whether the batch stage runs after the transfer
+        (``auto`` with an accelerator: `on_after_batch_transfer`)."""
+        tf = self.transform
+        self._batch_on_device = False
+        if not isinstance(tf, MultiCropTransform) or not tf.batched:
+            return tf, None
+        trainer = self.trainer
+        accelerated = trainer is not None and trainer.strategy.root_device.type != "cpu"
+        self._batch_on_device = tf.device == "auto" and accelerated
+        return tf.sample, None if self._batch_on_device else AugmentCollate(tf.batch)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """``augment.device: auto`` on an accelerator: the photometric ops of the whole batch,
+        on the device, then the precision plugin's input cast (which ran on the uint8 views
+        before the transfer)."""
+        if not self._batch_on_device:
+            return batch
+        views, *rest = batch
+        assert isinstance(self.transform, MultiCropTransform)
+        views = self.transform.batch(views)
+        trainer = self.trainer
+        if trainer is not None:
+            views = trainer.precision_plugin.convert_input(views)
+        return [views, *rest]
 
     def teardown(self, stage: str) -> None:
         """Log the bad items of the run per reason and write them beside the list file."""
@@ -311,6 +343,19 @@ class SSLDataModule(pl.LightningDataModule):
             ", ".join(f"{r} {c}" for r, c in sorted(counts.items())),
             self.bad_file_log,
         )
+
+
+class AugmentCollate:
+    """``default_collate``, then the batch stage of the views (``augment.device: cpu``):
+    ``(views, label)`` items -> ``[batch(views), labels]``. Runs where the loader collates
+    (its worker processes when there are some)."""
+
+    def __init__(self, batch: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+        self.batch = batch
+
+    def __call__(self, items: list[Any]) -> list[Any]:
+        views, *rest = default_collate(items)
+        return [self.batch(views), *rest]
 
 
 class EvalLoader(DataLoader):

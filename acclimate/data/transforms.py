@@ -3,26 +3,39 @@ views with domain presets, and the deterministic eval transform.
 
 uint8 images (8-bit data) are scaled to [0, 1] before normalisation; float32 images (16-bit,
 DICOM, NIfTI, ...) are used as the readers return them (``readers.py``). The ``natural`` preset
-on RGB keeps torchvision's colour jitter on uint8; every other preset uses the float ops below,
-which work on any number of bands.
+on RGB keeps torchvision's colour jitter on uint8; every other preset uses the float ops of
+``sample_ops.py``, which work on any number of bands.
+
+``augment.device`` chooses where the photometric ops run: ``per_sample`` (every op on each
+image in the loader, the original path), or per batch as vectorised ops (`batch_augment`) after
+collation, ``cpu`` in the loader or ``auto`` on the accelerator after the transfer (in the
+loader when training on the CPU); then only crops, flips and rotations run per image.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 from torchvision.transforms import v2
 
+from acclimate.data import batch_augment as ba
+from acclimate.data.batch_augment import BatchPhotometric
+from acclimate.data.sample_ops import (
+    IntensityJitter,
+    RandomRot90,
+    RandomSolarize,
+    StainJitter,
+    WindowJitter,
+    to_unit_float,
+)
+from acclimate.data.views import ViewGeometry
+
 Preset = Literal["natural", "satellite", "medical", "microscopy"]
-
-
-def to_unit_float(x: Tensor) -> Tensor:
-    """uint8 -> float32 / 255; float tensors unchanged."""
-    return x.to(torch.float32) / 255.0 if x.dtype == torch.uint8 else x
+AugmentDevice = Literal["per_sample", "cpu", "auto"]
+DEVICES = ("per_sample", "cpu", "auto")
 
 
 Clip = tuple[Sequence[float], Sequence[float]]  # per-channel (low, high) in [0, 1] units
@@ -60,141 +73,41 @@ def _clip(clip: Clip | None, channels: int | None = None) -> list[nn.Module]:
     return [ClipChannels(*clip)]
 
 
-def _uniform(lo: float, hi: float, size: tuple[int, ...] = ()) -> Tensor:
-    return torch.empty(size).uniform_(lo, hi)
-
-
-class IntensityJitter(nn.Module):
-    """Brightness (multiplicative) and contrast (around the image mean) jitter for any band
-    count, no hue: x -> (x * b - m) * c + m. ``per_band`` draws factors per band (independent
-    fluorescence stains), else one factor for all bands (band ratios kept, as spectra carry the
-    meaning in satellite data). uint8 input comes out as float in [0, 1]; float input is not
-    clamped (its range is the reader's). x: (C, H, W)."""
-
-    def __init__(self, brightness: float, contrast: float, per_band: bool = False) -> None:
-        super().__init__()
-        self.brightness, self.contrast, self.per_band = brightness, contrast, per_band
-
-    def forward(self, x: Tensor) -> Tensor:
-        was_uint8 = x.dtype == torch.uint8
-        x = to_unit_float(x)
-        size = (x.shape[0], 1, 1) if self.per_band else (1, 1, 1)
-        b = _uniform(1 - self.brightness, 1 + self.brightness, size)
-        c = _uniform(1 - self.contrast, 1 + self.contrast, size)
-        x = x * b
-        m = x.mean(dim=(-2, -1), keepdim=True) if self.per_band else x.mean()
-        x = (x - m) * c + m
-        return x.clamp(0, 1) if was_uint8 else x
-
-
-class WindowJitter(nn.Module):
-    """Intensity windowing jitter: a random window of centre 0.5 + U(-shift, shift) and width
-    1 / U(1/scale, scale), as a radiologist would re-window, then clamp. x: (C, H, W).
-
-    Images in [0, 1] (windowed DICOM, 8/16-bit X-rays) are windowed in those units and clamped to
-    [0, 1]. Images with values outside [0, 1] (NIfTI or float TIFF in physical units, no
-    ``data.window``) are jittered relative to their own range: their 1st-99th percentiles play
-    the role of [0, 1], so the output stays in the input's units (and its normalisation).
-    """
-
-    max_samples = 100_000  # pixels sampled for the percentiles
-
-    def __init__(self, shift: float = 0.1, scale: float = 1.25) -> None:
-        super().__init__()
-        self.shift, self.scale = shift, scale
-
-    def _range(self, x: Tensor) -> tuple[float, float]:
-        flat = x.flatten()
-        if flat.numel() > self.max_samples:
-            flat = flat[:: -(-flat.numel() // self.max_samples)]
-        lo, hi = torch.quantile(flat.float(), torch.tensor([0.01, 0.99])).tolist()
-        return (lo, hi) if hi > lo else (float(flat.min()), float(flat.max()))
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = to_unit_float(x)
-        centre = 0.5 + float(_uniform(-self.shift, self.shift))
-        gain = math.exp(float(_uniform(-math.log(self.scale), math.log(self.scale))))
-        if x.numel() == 0 or (float(x.min()) >= 0 and float(x.max()) <= 1):
-            return ((x - centre) * gain + 0.5).clamp(0, 1)
-        lo, hi = self._range(x)
-        if hi <= lo:  # constant image: nothing to window
-            return x
-        unit = (x - lo) / (hi - lo)
-        return ((unit - centre) * gain + 0.5).clamp(0, 1) * (hi - lo) + lo
-
-
-# Stain matrix of Ruifrok & Johnston (2001): rows are haematoxylin, eosin, DAB in optical density.
-_HED_FROM_RGB = torch.linalg.inv(
-    torch.tensor([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
-)
-_RGB_FROM_HED = torch.tensor([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
-
-
-class StainJitter(nn.Module):
-    """H&E stain augmentation (Tellez et al. 2018): RGB -> optical density -> HED stains, each
-    stain scaled by U(1 - sigma, 1 + sigma) and shifted by U(-sigma, sigma), and back.
-    x: (3, H, W) uint8 or float in [0, 1]; returns float in [0, 1]."""
-
-    def __init__(self, sigma: float = 0.05) -> None:
-        super().__init__()
-        self.sigma = sigma
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = to_unit_float(x)
-        od = -torch.log(x.clamp(min=1 / 255)).permute(1, 2, 0)  # (H, W, 3)
-        hed = od @ _HED_FROM_RGB
-        a = _uniform(1 - self.sigma, 1 + self.sigma, (3,))
-        b = _uniform(-self.sigma, self.sigma, (3,))
-        od = (hed * a + b) @ _RGB_FROM_HED
-        return torch.exp(-od).clamp(0, 1).permute(2, 0, 1).contiguous()
+def _per_sample(op: ba.BatchOp) -> nn.Module:
+    """The per-sample module of one of `batch_augment.preset_ops`' ops."""
+    if isinstance(op, ba.ColorJitter):
+        jitter = v2.ColorJitter(op.brightness, op.contrast, op.saturation, op.hue)
+        return v2.RandomApply([jitter], p=op.p)
+    if isinstance(op, ba.Grayscale):
+        return v2.RandomGrayscale(p=op.p)
+    if isinstance(op, ba.WindowJitter):
+        return v2.RandomApply([WindowJitter(op.shift, op.scale)], p=op.p)
+    if isinstance(op, ba.StainJitter):
+        return v2.RandomApply([StainJitter(op.sigma)], p=op.p)
+    if isinstance(op, ba.IntensityJitter):
+        jitter = IntensityJitter(op.brightness, op.contrast, per_band=op.per_band)
+        return v2.RandomApply([jitter], p=op.p)
+    raise TypeError(f"no per-sample op for {op!r}")
 
 
 def _photometric(preset: Preset, channels: int, strength: float) -> list[nn.Module]:
-    """Colour/intensity jitter for a preset; hue and saturation only for natural RGB photos."""
-    if strength <= 0:
-        return []
-    if preset == "natural" and channels == 3:
-        jitter = v2.ColorJitter(0.4 * strength, 0.4 * strength, 0.2 * strength, 0.1 * strength)
-        return [v2.RandomApply([jitter], p=0.8), v2.RandomGrayscale(p=0.2)]
-    if preset == "medical":  # windowing, no colour ops
-        return [v2.RandomApply([WindowJitter(0.1 * strength, 1 + 0.25 * strength)], p=0.8)]
-    if preset == "microscopy":
-        ops: list[nn.Module] = []
-        if channels == 3:
-            ops.append(v2.RandomApply([StainJitter(0.05 * strength)], p=0.8))
-        jitter = IntensityJitter(0.2 * strength, 0.2 * strength, per_band=channels != 3)
-        return [*ops, v2.RandomApply([jitter], p=0.8)]
-    # satellite (and natural non-RGB): intensity only, one factor for all bands (no hue shift)
-    return [v2.RandomApply([IntensityJitter(0.4 * strength, 0.4 * strength)], p=0.8)]
+    """Colour/intensity jitter for a preset (`batch_augment.preset_ops`), per sample."""
+    return [_per_sample(op) for op in ba.preset_ops(preset, channels, strength)]
+
+
+def _flips(preset: Preset) -> str:
+    if preset in ("satellite", "microscopy"):  # overhead / slide images: no canonical orientation
+        return "all"
+    if preset == "medical":  # left/right often carries meaning (situs): no flips by default
+        return "none"
+    return "horizontal"
 
 
 def _geometric(preset: Preset) -> list[nn.Module]:
-    if preset in ("satellite", "microscopy"):  # overhead / slide images: no canonical orientation
+    flips = _flips(preset)
+    if flips == "all":
         return [v2.RandomHorizontalFlip(), v2.RandomVerticalFlip(), RandomRot90()]
-    if preset == "medical":  # left/right often carries meaning (situs): no flips by default
-        return []
-    return [v2.RandomHorizontalFlip()]
-
-
-class RandomSolarize(nn.Module):
-    """Solarise with probability p at half the range (128 for uint8, 0.5 for float)."""
-
-    def __init__(self, p: float) -> None:
-        super().__init__()
-        self.p = p
-
-    def forward(self, x: Tensor) -> Tensor:
-        if float(torch.rand(())) >= self.p:
-            return x
-        return v2.functional.solarize(x, 128 if x.dtype == torch.uint8 else 0.5)
-
-
-class RandomRot90(nn.Module):
-    """Rotate by a random multiple of 90 degrees. x: (C, H, W)."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        k = int(torch.randint(4, ()).item())
-        return torch.rot90(x, k, dims=(-2, -1)) if k else x
+    return [v2.RandomHorizontalFlip()] if flips == "horizontal" else []
 
 
 # Satellite crops (``preset: satellite``): overhead imagery has a fixed ground sampling distance
@@ -206,11 +119,14 @@ SATELLITE_GLOBAL_SCALE = (0.25, 1.0)
 SATELLITE_LOCAL_SCALE = (0.1, 0.4)
 
 
+BLUR_SIGMA = (0.1, 2.0)  # DINO's Gaussian blur
+
+
 def _blur(size: int, p: float) -> list[nn.Module]:
     if p <= 0:
         return []
-    kernel = max(3, (size // 10) | 1)  # odd, about a tenth of the crop as in DINO (23 px at 224)
-    return [v2.RandomApply([v2.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=p)]
+    blur = v2.GaussianBlur(ba.blur_kernel(size), sigma=BLUR_SIGMA)
+    return [v2.RandomApply([blur], p=p)]
 
 
 def _to_float(mean: Sequence[float], std: Sequence[float]) -> list[nn.Module]:
@@ -223,7 +139,8 @@ class MultiCropTransform:
 
     Input: an image tensor (C, H, W), uint8 or float32, any C. Output:
     ``{"global": [2 x (C, G, G)], "local": [n_local x (C, L, L)]}`` float tensors, normalised
-    with ``mean``/``std``.
+    with ``mean``/``std``. The loader uses the two stages apart (`sample` per image, `batch`
+    per batch) when ``device`` batches the photometric ops.
 
     Args:
         global_size: global crop side G (default: ``data.image_size``).
@@ -246,6 +163,17 @@ class MultiCropTransform:
         mean, std: per-channel normalisation (filled in by the trainer from ``data``).
         clip: per-channel (low, high) bounds applied before everything else (filled in by the
             trainer from ``data.clip``); None: no clipping.
+        device: where the photometric ops (colour/intensity jitter, grayscale, blur, solarise)
+            run. ``auto``: per batch on the accelerator after the transfer (uint8 crops cross
+            to it, 4x less than float), in the loader when training on the CPU; ``cpu``: per
+            batch in the loader, after collation (in its worker processes when
+            ``data.num_workers`` > 0); ``per_sample``: every op on each image in the loader
+            (the original path, slower). The ops, probabilities and ranges are the same.
+        albumentations: a pipeline saved with albumentations' ``A.save`` (.yaml or .json),
+            applied to every view (HWC numpy, any channel count, uint8 or float as read) after
+            the crop and flips, before the preset's colour ops and the normalisation; set
+            ``color_strength: 0`` / ``blur_p: 0`` to use it instead of the preset's. Needs
+            ``pip install 'acclimate[augment]'``.
     """
 
     def __init__(
@@ -263,56 +191,154 @@ class MultiCropTransform:
         mean: Sequence[float] = (0.5, 0.5, 0.5),
         std: Sequence[float] = (0.25, 0.25, 0.25),
         clip: Clip | None = None,
+        device: AugmentDevice = "auto",
+        albumentations: str | None = None,
     ) -> None:
         satellite = preset == "satellite"
         if global_scale is None:
             global_scale = SATELLITE_GLOBAL_SCALE if satellite else (0.4, 1.0)
         if local_scale is None:
             local_scale = SATELLITE_LOCAL_SCALE if satellite else (0.05, 0.4)
-        for name, (lo, hi) in (("global_scale", global_scale), ("local_scale", local_scale)):
-            if not 0 < lo <= hi <= 1:
-                raise ValueError(f"{name} must satisfy 0 < min <= max <= 1, got {[lo, hi]}")
-        if n_local < 0:
-            raise ValueError(f"n_local must be >= 0, got {n_local}")
-        if len(mean) != channels or len(std) != channels:
-            raise ValueError(f"mean/std have {len(mean)} values but the images have {channels}")
+        _check(global_scale, local_scale, n_local, channels, mean, std, device)
         g = global_size or 224
         self.global_size = g
         self.local_size = local_size or max(8, int(round(g * 96 / 224 / 8)) * 8)
         self.n_local = n_local
-        geo = _geometric(preset)
-        colour = _photometric(preset, channels, color_strength)
-        norm = _to_float(mean, std)
-        first = _clip(clip, channels)
-        solarize = (
-            [RandomSolarize(p=solarize_p)]
-            if preset == "natural" and channels == 3 and solarize_p > 0
-            else []
-        )
+        self.device, self.batched = device, device != "per_sample"
+        self.channels = channels
+        user = None
+        if albumentations is not None:
+            from acclimate.data.user_augment import AlbumentationsView, load_pipeline
 
+            user = AlbumentationsView(load_pipeline(albumentations), albumentations)
         # overhead imagery has a fixed ground sampling distance: square crops, no stretching
         ratio = (1.0, 1.0) if satellite else (3 / 4, 4 / 3)
-
-        def crop(size: int, scale: tuple[float, float]) -> nn.Module:
-            return v2.RandomResizedCrop(size, scale=tuple(scale), ratio=ratio, antialias=True)
-
-        self.global1 = v2.Compose(
-            [*first, crop(g, global_scale), *geo, *colour, *_blur(g, blur_p), *norm]
-        )
-        self.global2 = v2.Compose(
-            [*first, crop(g, global_scale), *geo, *colour, *_blur(g, 0.1 * blur_p), *solarize]
-            + norm
-        )
+        sol = solarize_p if preset == "natural" and channels == 3 else 0.0
         ls = self.local_size
-        self.local = v2.Compose(
-            [*first, crop(ls, local_scale), *geo, *colour, *_blur(ls, 0.5 * blur_p), *norm]
+        # (size, scale, blur probability, solarise probability) of global 1, global 2, local
+        self._specs: list[ViewSpec] = [
+            (g, tuple(global_scale), blur_p, 0.0),
+            (g, tuple(global_scale), 0.1 * blur_p, sol),
+            (ls, tuple(local_scale), 0.5 * blur_p, 0.0),
+        ]
+        norm, first = _to_float(mean, std), _clip(clip, channels)
+        colour = _photometric(preset, channels, color_strength)
+        around = (first, _geometric(preset), [user] if user is not None else [], colour, norm)
+        self.global1, self.global2, self.local = (
+            _per_sample_view(spec, ratio, *around) for spec in self._specs
         )
+        ops = ba.preset_ops(preset, channels, color_strength)
+        self._photo = [
+            BatchPhotometric([*ops, *_batch_blur_solarize(size, bp, sp)], channels, mean, std)
+            for size, _, bp, sp in self._specs
+        ]
+        before = first[0] if first else None
+        self._geometry = [
+            ViewGeometry(size, scale, ratio, _flips(preset), photo.n_draws, before, user)
+            for (size, scale, _, _), photo in zip(self._specs, self._photo, strict=True)
+        ]
 
     def __call__(self, image: Tensor) -> dict[str, list[Tensor]]:
+        if self.batched:  # the two stages on a batch of one
+            one = self.batch(_map_tensors(self.sample(image), lambda t: t.unsqueeze(0)))
+            return {kind: [v[0] for v in views] for kind, views in one.items()}
         return {
             "global": [self.global1(image), self.global2(image)],
             "local": [self.local(image) for _ in range(self.n_local)],
         }
+
+    def sample(self, image: Tensor) -> dict[str, Any]:
+        """The per-image stage. Per sample: the finished views (as ``__call__``). Batched: the
+        cropped, flipped views as read (uint8 or float) and under ``draws`` their photometric
+        random numbers, ``{"global": [...], "local": [...], "draws": {"global": [(P,)],
+        "local": [(P,)]}}``, all from torch's generator."""
+        if not self.batched:
+            return self(image)
+        made = [self._geometry[0](image), self._geometry[1](image)]
+        made += [self._geometry[2](image) for _ in range(self.n_local)]
+        views, draws = [v for v, _ in made], [d for _, d in made]
+        return {
+            "global": views[:2],
+            "local": views[2:],
+            "draws": {"global": draws[:2], "local": draws[2:]},
+        }
+
+    def batch(self, views: dict[str, Any]) -> dict[str, list[Tensor]]:
+        """The per-batch stage on collated `sample` output (views (B, C, h, w), draws (B, P))
+        on any device: photometric ops with each sample's own factors, then normalisation ->
+        ``{"global": [2 x (B, C, G, G)], "local": [n_local x (B, C, L, L)]}`` float32. Views
+        without ``draws`` (the per-sample path's) are returned unchanged."""
+        draws = views.get("draws")
+        if draws is None:
+            return views
+        pairs = zip(self._photo[:2], views["global"], draws["global"], strict=True)
+        out = {"global": [photo(x, d) for photo, x, d in pairs]}
+        local = list(views["local"])
+        if not local:
+            return {**out, "local": []}
+        # every local view has the same ops: one call on all of them
+        done = self._photo[2](torch.cat(local), torch.cat(list(draws["local"])))
+        return {**out, "local": list(done.split(len(local[0])))}
+
+
+ViewSpec = tuple[int, tuple[float, float], float, float]  # size, scale, blur p, solarise p
+
+
+def _per_sample_view(
+    spec: ViewSpec,
+    ratio: tuple[float, float],
+    first: list[nn.Module],
+    geo: list[nn.Module],
+    user: list[Any],
+    colour: list[nn.Module],
+    norm: list[nn.Module],
+) -> v2.Compose:
+    """One view's per-sample pipeline (``device: per_sample``): clip, crop, flips, the user's
+    albumentations pipeline, colour jitter, blur, solarise, normalisation."""
+    size, scale, blur_p, solarize_p = spec
+    crop = v2.RandomResizedCrop(size, scale=scale, ratio=ratio, antialias=True)
+    solarize = [RandomSolarize(p=solarize_p)] if solarize_p > 0 else []
+    return v2.Compose([*first, crop, *geo, *user, *colour, *_blur(size, blur_p), *solarize, *norm])
+
+
+def _check(
+    global_scale: tuple[float, float],
+    local_scale: tuple[float, float],
+    n_local: int,
+    channels: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    device: str,
+) -> None:
+    for name, (lo, hi) in (("global_scale", global_scale), ("local_scale", local_scale)):
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(f"{name} must satisfy 0 < min <= max <= 1, got {[lo, hi]}")
+    if n_local < 0:
+        raise ValueError(f"n_local must be >= 0, got {n_local}")
+    if len(mean) != channels or len(std) != channels:
+        raise ValueError(f"mean/std have {len(mean)} values but the images have {channels}")
+    if device not in DEVICES:
+        raise ValueError(
+            f"device must be one of {', '.join(DEVICES)}, got {device!r} (auto: batched on "
+            "the accelerator; cpu: batched in the loader; per_sample: each image on its own)"
+        )
+
+
+def _batch_blur_solarize(size: int, blur_p: float, solarize_p: float) -> list[ba.BatchOp]:
+    ops: list[ba.BatchOp] = []
+    if blur_p > 0:
+        ops.append(ba.GaussianBlur(blur_p, ba.blur_kernel(size), BLUR_SIGMA))
+    if solarize_p > 0:
+        ops.append(ba.Solarize(solarize_p))
+    return ops
+
+
+def _map_tensors(tree: Any, fn: Any) -> Any:
+    if isinstance(tree, Tensor):
+        return fn(tree)
+    if isinstance(tree, dict):
+        return {k: _map_tensors(v, fn) for k, v in tree.items()}
+    return [_map_tensors(v, fn) for v in tree]
 
 
 class EvalTransform:
