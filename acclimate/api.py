@@ -42,9 +42,13 @@ def as_overrides(overrides: dict[str, Any]) -> list[str]:
     return out
 
 
-def export_run(run: str | Path, out: str | Path, student: bool = False) -> Path:
+def export_run(
+    run: str | Path, out: str | Path, student: bool = False, features: str | None = None
+) -> Path:
     """Export a run folder or checkpoint (its newest checkpoint; the EMA teacher unless
-    ``student``) to a timm-loadable folder with the run's metrics; returns the folder."""
+    ``student``) to a timm-loadable folder with the run's metrics; returns the folder.
+    ``features``: the feature kind recorded for probes and evaluation (default: the run's
+    ``eval.features``)."""
     from acclimate.export.artifact import export_backbone, read_json
     from acclimate.export.load import resolve_model
 
@@ -65,6 +69,7 @@ def export_run(run: str | Path, out: str | Path, student: bool = False) -> Path:
         bands=meta.get("bands"),
         statistics=meta.get("statistics"),
         clip=meta.get("clip"),
+        features=features or resolved.features or "pooled",
     )
 
 

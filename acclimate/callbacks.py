@@ -75,7 +75,8 @@ class RunMetadata(pl.Callback):
 
 class KNNMonitor(pl.Callback):
     """Weighted kNN top-1 of the exported backbone on a labelled split, logged as ``knn/top1``
-    before training (step 0) and every ``every_n_epochs`` epochs. Runs on global rank 0 only."""
+    before training (step 0) and every ``every_n_epochs`` epochs, on the features of
+    ``settings.features`` (as the before/after). Runs on global rank 0 only."""
 
     def __init__(
         self, train_src: Any, test_src: Any, transform: Any, settings: EvalSettings
@@ -90,7 +91,7 @@ class KNNMonitor(pl.Callback):
         s = self.settings
         model = module.export_backbone()
         feats = [
-            extract_features(model, eval_loader(src, self.transform, s.batch_size, 0))
+            extract_features(model, eval_loader(src, self.transform, s.batch_size, 0), s.features)
             for src in (self.train_src, self.test_src)
         ]
         acc = knn_accuracy(*feats[0], *feats[1], k=s.knn_k, temperature=s.knn_temperature)

@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +45,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from acclimate.api import export_run
+    from acclimate.export.artifact import read_export_meta
 
-    out = export_run(args.run, args.out, student=args.student)
-    print(f"exported {args.run} ({'student' if args.student else 'teacher'}) to {out}")
+    out = export_run(args.run, args.out, student=args.student, features=args.features)
+    kind = read_export_meta(out).get("features", "pooled")
+    who = "student" if args.student else "teacher"
+    print(f"exported {args.run} ({who}, {kind} features) to {out}")
     if args.onnx:
         from acclimate.export.onnx import add_onnx
 
@@ -70,6 +73,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     from acclimate.preflight import check_writable_dir
 
     ex = load(args.dir)
+    kind = args.features or ex.feature_kind
     check_writable_dir(Path(args.dir) / "probes", "export folder's probes folder", "fix it")
     settings = EvalSettings(
         train_split=args.train_split,
@@ -83,6 +87,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
         extract_features(
             ex.model,
             eval_loader(s, ex.transform, settings.batch_size, settings.num_workers),
+            kind,
             progress=True,
         )
         for s in (train_src, test_src)
@@ -93,7 +98,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     probes.mkdir(exist_ok=True)
     probe.save(probes / f"{name}.safetensors")
     info = {
-        "feature": "pooled",
+        "feature": kind,
         "classes": train_src.classes,
         "data": str(args.data),
         "metrics": metrics,
@@ -106,7 +111,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     _save_json(all_metrics_file, all_metrics)
     write_model_card(args.dir)
     print(
-        f"probe {name}: linear top-1 {metrics['linear_top1']:.4f}, kNN top-1 "
+        f"probe {name} ({kind} features): linear top-1 {metrics['linear_top1']:.4f}, kNN top-1 "
         f"{metrics['knn_top1']:.4f} on {metrics['n_test']} test images; saved in {probes}"
     )
     return 0
@@ -136,8 +141,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         )
     except ValueError as e:
         raise UsageError(f"{e} (--weight-decays, --shots, --seeds)") from None
+    kind = _evaluation_kind(args.models, args.features)
     results: dict[str, Any] = {
         "data": str(args.data),
+        "features": kind,
         "forgetting_data": args.forgetting_data,
         "settings": rs.to_dict(),
         "models": {},
@@ -150,12 +157,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         tf = EvalTransform(r.image_size, r.mean, r.std, r.clip)
         sources = labelled_splits(args.data, len(r.mean), settings, r.options)
         train, test = split_features(
-            r.model, sources, tf, settings.batch_size, settings.num_workers
+            r.model, sources, tf, settings.batch_size, settings.num_workers, kind=kind
         )
         metrics = measure_features(train, test, rs, sources[0].classes)
         if args.forgetting_data:
             src = labelled_splits(args.forgetting_data, len(r.mean), settings)
-            feats = split_features(r.model, src, tf, settings.batch_size, settings.num_workers)
+            feats = split_features(
+                r.model, src, tf, settings.batch_size, settings.num_workers, kind=kind
+            )
             metrics["forgetting"] = measure_features(
                 *feats, rs, src[0].classes, fewshot=False, retrieval=False
             )
@@ -172,14 +181,32 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluation_kind(models: Sequence[str], given: str | None) -> str:
+    """The one feature kind every MODEL is measured on: ``--features``, else the kind that the
+    exports, runs and checkpoints among them record (pooled when none does)."""
+    if given:
+        return given
+    from acclimate.export.load import recorded_features
+
+    kinds = sorted({k for k in map(recorded_features, models) if k is not None})
+    if len(kinds) > 1:
+        raise UsageError(
+            f"the MODELs record different feature kinds ({', '.join(kinds)}); choose the one "
+            "to measure every model on with --features"
+        )
+    return kinds[0] if kinds else "pooled"
+
+
 def _record_evaluation(results: dict[str, Any], report: Path) -> None:
     """Put the headline numbers of every evaluated model into each evaluated export folder's
     acclimate.json and re-render its model card."""
     from acclimate.eval.report import headline
-    from acclimate.export.artifact import META_FILE, read_export_meta, write_model_card
+    from acclimate.export.artifact import META_FILE, read_export_meta
+    from acclimate.export.card import write_model_card
 
     summary = {
         "data": results["data"],
+        "features": results["features"],
         "forgetting_data": results.get("forgetting_data"),
         "report": str(report.resolve()),
         "models": {s: headline(m) for s, m in results["models"].items()},
@@ -217,14 +244,17 @@ def cmd_embed(args: argparse.Namespace) -> int:
     from acclimate.preflight import check_writable_dir
 
     if args.faiss and args.kind == "patch":
-        raise UsageError("--faiss indexes one vector per image: use --kind pooled or cls")
+        raise UsageError(
+            "--faiss indexes one vector per image: use --kind pooled or cls (or last{k})"
+        )
     check_writable_dir(Path(args.out).parent, "folder of --out", "choose another --out")
     r = resolve_model(
         args.model, weights=args.weights, image_size=args.image_size, in_chans=args.channels
     )
-    feats, files = _embed_source(r, args.images, args.kind, args.batch_size, "embed")
+    kind = args.kind or r.features or "pooled"
+    feats, files = _embed_source(r, args.images, kind, args.batch_size, "embed")
     out = save_features(args.out, feats, files)
-    print(f"{tuple(feats.shape)} {args.kind} features -> {out} (file list: {files_list_path(out)})")
+    print(f"{tuple(feats.shape)} {kind} features -> {out} (file list: {files_list_path(out)})")
     if args.faiss:
         try:
             model = str(Path(args.model).resolve()) if Path(args.model).exists() else args.model
@@ -236,7 +266,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
                 "weights": weights,
                 "image_size": r.image_size,
                 "channels": len(r.mean),
-                "kind": args.kind,
+                "kind": kind,
                 "reader": r.options.to_dict(),
             }
             index = write_index(out, feats, files, info)
@@ -301,7 +331,7 @@ def _band_list(text: str | None) -> list[int | str] | None:
 
 def cmd_stats(args: argparse.Namespace) -> int:
     from acclimate.data.datamodule import resolve_split
-    from acclimate.data.readers import DEFAULT_MAX_PIXELS, ReadOptions
+    from acclimate.data.readers import ReadOptions
     from acclimate.data.sources import open_source
     from acclimate.data.stats import cached_stats_file, check_clip, save_stats, source_stats
 
@@ -311,13 +341,15 @@ def cmd_stats(args: argparse.Namespace) -> int:
     if window is not None and len(window) != 2:
         raise UsageError("--window takes CENTRE,WIDTH (e.g. 40,400 for a CT soft-tissue window)")
     names = args.band_names.split(",") if args.band_names else None
-    options = ReadOptions(
-        bands=None if bands is None else tuple(bands),
-        band_names=None if names is None else tuple(n.strip() for n in names),
-        window=None if window is None else (window[0], window[1]),
-        slice_axis=args.slice_axis,
-        nodata=args.nodata,
-        max_pixels=args.max_pixels if args.max_pixels is not None else DEFAULT_MAX_PIXELS,
+    options = ReadOptions.from_dict(
+        {
+            "bands": bands,
+            "band_names": None if names is None else [n.strip() for n in names],
+            "window": window,
+            "slice_axis": args.slice_axis,
+            "nodata": args.nodata,
+            "max_pixels": args.max_pixels,
+        }
     )
     clip = None
     if args.clip:
@@ -362,6 +394,27 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def feature_kind(vector: bool = True) -> Callable[[str], str]:
+    """An argparse ``type`` for a feature kind: pooled, cls, last{k} (and patch unless
+    ``vector``); a bad name is a usage error naming the allowed ones."""
+
+    def parse(text: str) -> str:
+        from acclimate.eval.features import kind_problem
+
+        problem = kind_problem(text, vector)
+        if problem:
+            raise argparse.ArgumentTypeError(problem)
+        return text
+
+    return parse
+
+
+FEATURES_HELP = (
+    "frozen features: pooled (the model's own pooling), cls (ViT CLS token) or last{k}, the "
+    "last k blocks or stages concatenated (last4: DINOv2's linear evaluation); default: "
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="acclimate",
@@ -391,8 +444,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--onnx",
         action="store_true",
-        help="also write model.onnx (preprocessed images -> pooled features, dynamic batch), "
-        "checked against PyTorch with onnxruntime; needs acclimate[onnx]",
+        help="also write model.onnx (preprocessed images -> the export's features, dynamic "
+        "batch), checked against PyTorch with onnxruntime; needs acclimate[onnx]",
+    )
+    e.add_argument(
+        "--features",
+        type=feature_kind(),
+        help=FEATURES_HELP + "the run's eval.features. Probes, evaluate, embed, "
+        "acclimate.load and ONNX use it; the weights are the same whatever it is",
     )
     e.set_defaults(fn=cmd_export)
 
@@ -408,6 +467,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("probe", help="train a linear probe into an export folder")
     pr.add_argument("dir", help="export folder")
     pr.add_argument("--name", help="probe name (default: the data folder's name)")
+    pr.add_argument(
+        "--features", type=feature_kind(), help=FEATURES_HELP + "the export's own (its features)"
+    )
     eval_args(pr)
     pr.set_defaults(fn=cmd_probe)
 
@@ -459,6 +521,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=3,
         help="random draws per few-shot setting (raise for tighter error bars)",
     )
+    ev.add_argument(
+        "--features",
+        type=feature_kind(),
+        help=FEATURES_HELP + "the kind the exports, runs or checkpoints among the MODELs "
+        "record, else pooled; every MODEL is measured on the same kind",
+    )
     ev.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
     ev.set_defaults(fn=cmd_evaluate)
 
@@ -475,10 +543,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     em.add_argument(
         "--kind",
-        choices=["pooled", "cls", "patch"],
-        default="pooled",
-        help="pooled (the model's own pooling, (N, D)), cls (ViT CLS token, (N, D)) or patch "
-        "tokens ((N, T, D), for dense tasks)",
+        "--features",
+        type=feature_kind(vector=False),
+        help="pooled (the model's own pooling, (N, D)), cls (ViT CLS token, (N, D)), last{k} "
+        "(the last k blocks or stages concatenated, (N, D')) or patch tokens ((N, T, D), for "
+        "dense tasks); default: the kind an export or run records, else pooled",
     )
     em.add_argument("--batch-size", type=int, default=64)
     em.add_argument(

@@ -83,7 +83,7 @@ def test_train_export_probe_evaluate(tmp_path, tiny_dataset, backbone, capsys):
 
     metrics = json.loads((run / "metrics.json").read_text())
     for phase in ("before", "after"):
-        assert 0.0 <= metrics[phase]["linear_top1"] <= 1.0
+        assert metrics[phase]["linear_top1"] >= 0.8  # 3 colour classes: chance is 1/3
         assert metrics[phase]["n_test"] == 18
     assert (run / "checkpoints" / "last.ckpt").exists()
     assert (run / "recipe.yaml").exists()

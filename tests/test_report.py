@@ -172,7 +172,15 @@ def test_evaluate_writes_a_consistent_report(tmp_path, tiny_dataset, two_models,
     assert m["retrieval"]["recall@1"] == pytest.approx(
         retrieval_metrics(xtr, ytr, xte, yte, ks=(1,))["recall@1"]
     )
-    assert m["forgetting"]["n_test"] == 9 and 0 <= m["forgetting"]["linear_top1"] <= 1
+    f = m["forgetting"]  # the same probe on the source-domain features
+    (ftr, fytr), (fte, fyte) = split_features(
+        r.model, labelled_splits(str(source), 3, EvalSettings()), tf, num_workers=0
+    )
+    assert (f["n_train"], f["n_test"]) == (18, 9)
+    source_probe = train_linear_probe(ftr, fytr, 3, f["linear"]["weight_decay"])
+    assert f["linear_top1"] == pytest.approx(source_probe.accuracy(fte, fyte))
+    assert f["knn_top1"] == pytest.approx(knn_accuracy(ftr, fytr, fte, fyte, 20))
+    assert f["linear_top1"] >= 0.8  # 3 colour classes: chance is 1/3
 
     report = (out / "report.md").read_text()
     assert f"{m['linear_top1']:.4f}" in report and "Forgetting" in report

@@ -21,7 +21,7 @@ from acclimate.data.sources import (
     list_splits,
     open_source,
 )
-from acclimate.eval.features import extract_features, finite_rows
+from acclimate.eval.features import extract_features, finite_rows, kind_problem
 from acclimate.eval.knn import knn_accuracy
 from acclimate.eval.linear import LinearProbe
 from acclimate.eval.sweep import sweep_linear_probe
@@ -57,6 +57,14 @@ class EvalSettings:
             side (e.g. 224, the size it was pretrained at), same protocol: the ceiling that an
             adapted model at native resolution can aim at, at a fraction of its inference cost.
             null skips it.
+        features: the frozen features every figure is measured on (kNN monitor, before/after,
+            the export's probes, ``acclimate evaluate`` and ``embed`` by default, ONNX):
+            ``pooled`` (the model's own pooling: CLS token or average pool), ``cls`` (ViTs), or
+            ``last{k}``, the last k blocks or stages concatenated (``last4``: DINOv2's linear
+            evaluation for ViTs, the CLS tokens of the last 4 blocks plus the mean patch token;
+            for CNNs the average pool of each of the last 4 stages). Try ``last4`` when the
+            domain is far from the pretraining data: middle layers keep texture that the last
+            one abstracts away; it costs a wider probe and index (k + 1 times for ViTs).
     """
 
     data: str | None = None
@@ -77,8 +85,12 @@ class EvalSettings:
     n_pictures: int = 4
     projector_images: int = 256
     reference_size: int | None = None
+    features: str = "pooled"
 
     def __post_init__(self) -> None:
+        problem = kind_problem(self.features)
+        if problem:
+            raise ValueError(f"features: {problem}")
         if self.knn_k < 1:
             raise ValueError(f"knn_k must be >= 1, got {self.knn_k}")
         if self.every_n_epochs < 0:
@@ -180,14 +192,16 @@ def evaluate_backbone(
     device: torch.device | str = "cpu",
     progress: bool = True,
 ) -> tuple[dict[str, float], LinearProbe]:
-    """Extract pooled features of both splits and score them (kNN + linear probe)."""
+    """Extract features (``settings.features``) of both splits and score them (kNN + linear
+    probe); the metrics name the kind under ``features``."""
     loaders = [
         eval_loader(s, transform, settings.batch_size, settings.num_workers)
         for s in (train_src, test_src)
     ]
     model = model.to(device)
-    train = extract_features(
-        model, loaders[0], device=device, progress=progress, desc="train feats"
+    train, test = (
+        extract_features(model, loader, settings.features, device, progress, f"{role} feats")
+        for loader, role in zip(loaders, ("train", "test"), strict=True)
     )
-    test = extract_features(model, loaders[1], device=device, progress=progress, desc="test feats")
-    return score_features(train, test, settings, classes=list(train_src.classes))
+    metrics, probe = score_features(train, test, settings, classes=list(train_src.classes))
+    return {**metrics, "features": settings.features}, probe

@@ -1,20 +1,46 @@
-"""Frozen-feature extraction: pooled, CLS and patch-token features of a timm backbone."""
+"""Frozen-feature extraction: pooled, CLS, multi-layer (``last{k}``) and patch-token features
+of a timm backbone."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
 from acclimate.backbones.layout import channels_last_for, like_model
 from acclimate.errors import AcclimateError
+from acclimate.eval.multilayer import last_k, last_k_features, last_k_problem
 
 log = logging.getLogger(__name__)
 
-FeatureKind = Literal["pooled", "cls", "patch"]
+# A feature kind: "pooled", "cls", "patch" or "last{k}" (k >= 1; acclimate.eval.multilayer).
+FeatureKind = str
+VECTOR_KINDS = "pooled, cls or last{k} with k >= 1 (e.g. last4)"
+
+
+def kind_problem(kind: object, vector: bool = True) -> str | None:
+    """What is wrong with a feature kind's name, or None. ``vector``: one (D,) vector per image
+    (what probes, kNN and indexes take), so ``patch`` is refused."""
+    if kind in ("pooled", "cls") or (isinstance(kind, str) and last_k(kind) is not None):
+        return None
+    if kind == "patch" and not vector:
+        return None
+    allowed = VECTOR_KINDS if vector else "pooled, cls, patch or last{k} with k >= 1 (e.g. last4)"
+    return f"feature kind {kind!r}: expected {allowed}"
+
+
+def check_kind(model: nn.Module, kind: FeatureKind, vector: bool = True) -> None:
+    """Raise AcclimateError, one line, when ``kind`` is no kind or ``model`` cannot give it."""
+    problem = kind_problem(kind, vector)
+    k = last_k(kind) if problem is None else None
+    if problem is None and k is not None:
+        problem = last_k_problem(model, k)
+    if problem is None and kind == "cls" and n_prefix_tokens(model) == 0:
+        problem = "cls features need a transformer backbone with a CLS token; use pooled"
+    if problem:
+        raise AcclimateError(problem)
 
 
 def n_prefix_tokens(model: nn.Module) -> int:
@@ -27,11 +53,17 @@ def features_of(model: nn.Module, x: Tensor, kind: FeatureKind = "pooled") -> Te
 
     x: (B, C, H, W) normalised images. Returns (B, D) for ``pooled`` (timm's
     ``forward_head(pre_logits=True)``: CLS token or average pool, per the model) and ``cls``
-    (ViTs only), (B, N, D) for ``patch`` (ViT patch tokens, or a CNN's final feature map
-    flattened to N = h * w positions).
+    (ViTs only), (B, D') for ``last{k}`` (the last k blocks or stages concatenated:
+    :func:`acclimate.eval.multilayer.last_k_features`), (B, N, D) for ``patch`` (ViT patch
+    tokens, or a CNN's final feature map flattened to N = h * w positions).
     """
     if kind == "pooled":
         return model.forward_head(model.forward_features(x), pre_logits=True)
+    k = last_k(kind)
+    if k is not None:
+        return last_k_features(model, x, k)
+    if kind not in ("cls", "patch"):
+        raise AcclimateError(kind_problem(kind, vector=False) or f"unknown feature kind {kind!r}")
     tokens = model.forward_features(x)
     if tokens.ndim == 4:  # CNN feature map (B, D, h, w)
         if kind == "cls":

@@ -24,7 +24,12 @@ from torch import Tensor, nn
 
 from acclimate.data.datamodule import eval_loader
 from acclimate.data.sources import ImageSource
-from acclimate.eval.features import extract_features_indexed, finite_rows, left_out
+from acclimate.eval.features import (
+    FeatureKind,
+    extract_features_indexed,
+    finite_rows,
+    left_out,
+)
 from acclimate.eval.fewshot import fewshot_probe
 from acclimate.eval.knn import knn_accuracy
 from acclimate.eval.metrics import classification_metrics
@@ -146,15 +151,17 @@ def split_features(
     batch_size: int = 128,
     num_workers: int = 2,
     device: torch.device | str = "cpu",
+    kind: FeatureKind = "pooled",
 ) -> tuple[Features, Features]:
-    """Pooled features of a (train, test) pair of sources, with a progress bar; items without
-    a row (unreadable, nodata, features not finite) are named in each split's ``left_out``."""
+    """Features of ``kind`` (pooled, cls, ``last{k}``) of a (train, test) pair of sources, with
+    a progress bar; items without a row (unreadable, nodata, features not finite) are named in
+    each split's ``left_out``."""
     model = model.to(device)
     out = []
     for src, role in zip(sources, ("train", "test"), strict=True):
         loader = eval_loader(src, transform, batch_size, num_workers)
         feats, labels, kept = extract_features_indexed(
-            model, loader, device=device, progress=True, desc=f"{role} feats"
+            model, loader, kind, device=device, progress=True, desc=f"{role} feats"
         )
         out.append(SplitFeatures(feats, labels, left_out(loader, kept)))
     return out[0], out[1]
@@ -228,7 +235,8 @@ def _blocks(results: dict[str, Any], figures: dict[str, str]) -> list[Block]:
         (
             "p",
             f"Data: `{results['data']}`: {first['n_train']} train / {first['n_test']} test "
-            f"images, {len(first['classes'])} classes. Frozen pooled features, the same protocol "
+            f"images, {len(first['classes'])} classes. Frozen "
+            f"`{results.get('features', 'pooled')}` features, the same protocol "
             f"for every model. Reference (first MODEL): `{labels[ref_spec]}`; deltas are "
             "against it." + _left_out_note(models),
         ),

@@ -1,6 +1,7 @@
 """Export folders (timm layout + probes + metadata) and loading them."""
 
-from acclimate.export.artifact import META_FILE, export_backbone, write_model_card
+from acclimate.export.artifact import META_FILE, export_backbone
+from acclimate.export.card import write_model_card
 from acclimate.export.load import Extractor, ResolvedModel, load, resolve_model
 
 __all__ = [

@@ -1,6 +1,6 @@
 """The export folder: timm's own layout (``config.json`` + ``model.safetensors``) so that stock
 ``timm.create_model("local-dir:DIR", pretrained=True, num_classes=0)`` loads it, plus acclimate's
-metadata, the resolved recipe, probes and a model card."""
+metadata (``acclimate.json``), the resolved recipe, probes and a model card (``card``)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ from torch import nn
 
 from acclimate.adapters.merge import merge_lora
 from acclimate.errors import AcclimateError
+from acclimate.eval.features import check_kind, features_of, kind_problem
+from acclimate.eval.multilayer import uses_class_token
 from acclimate.fileio import write_json_atomic, write_text_atomic
 from acclimate.preflight import CheckpointError, load_checkpoint_file
 
@@ -43,6 +45,7 @@ def export_backbone(
     bands: list[str] | None = None,
     statistics: dict[str, Any] | None = None,
     clip: dict[str, Any] | None = None,
+    features: str = "pooled",
 ) -> Path:
     """Write ``backbone`` (a timm model with ``num_classes=0``) as an export folder.
 
@@ -53,7 +56,9 @@ def export_backbone(
     in ``acclimate.json`` with how the files were read (band selection, window, slice axis).
     ``clip`` (``data.clip``: {"percentiles", "low", "high"}) is recorded as ``clip``; values are
     clipped per channel to [low, high] before normalisation (``acclimate.load`` does it; timm's
-    data config cannot express it).
+    data config cannot express it). ``features`` (``eval.features``: ``pooled``, ``cls`` or
+    ``last{k}``) is the kind that probes, ``acclimate evaluate``, ``acclimate.load`` and ONNX use
+    by default; it is metadata only (timm loads the same weights whatever it is).
     """
     out = Path(out_dir)
     model = merge_lora(copy.deepcopy(backbone).cpu().eval())  # plain weights, timm's names
@@ -61,8 +66,9 @@ def export_backbone(
     if any("lora" in k.lower() for k in model.state_dict()):
         raise ValueError("the backbone still holds LoRA tensors; merge adapters before export")
     check_finite(model, source)
-    out.mkdir(parents=True, exist_ok=True)
     channels = len(mean)
+    feature_meta = _feature_metadata(model, features, channels, image_size)
+    out.mkdir(parents=True, exist_ok=True)
     data_config = {
         "input_size": (channels, image_size, image_size),
         "mean": tuple(mean),
@@ -86,9 +92,7 @@ def export_backbone(
         else "scale 8-bit to [0, 1], clip each channel to [clip.low, clip.high], resize short "
         "side to image_size (bilinear, antialias), centre crop, subtract mean, divide by std",
         "clip": clip,
-        "feature_kinds": ["pooled", "cls", "patch"]
-        if hasattr(model, "blocks")
-        else ["pooled", "patch"],
+        **feature_meta,
         "source": source,
         "metrics": metrics or {},
         **_data_metadata(channels, recipe, bands, statistics),
@@ -96,9 +100,30 @@ def export_backbone(
     _write_json(out / META_FILE, meta)
     if recipe is not None:
         write_text_atomic(out / "recipe.yaml", OmegaConf.to_yaml(OmegaConf.create(recipe)))
+    from acclimate.export.card import write_model_card  # the card reads this module's files
+
     write_model_card(out)
-    log.info("exported %s to %s", meta["architecture"], out)
+    log.info("exported %s to %s (%s features)", meta["architecture"], out, features)
     return out
+
+
+def _feature_metadata(
+    model: nn.Module, features: str, channels: int, image_size: int
+) -> dict[str, Any]:
+    """The kinds ``model`` gives, the one probes and evaluation use (``features``, checked to be
+    one the model can give), its width, and whether ``last{k}`` takes CLS tokens."""
+    check_kind(model, features)
+    with torch.no_grad():
+        x = torch.zeros(1, channels, image_size, image_size)
+        dim = int(features_of(model, x, features).shape[1])
+    return {
+        "feature_kinds": ["pooled", "cls", "patch", "last{k}"]
+        if hasattr(model, "blocks")
+        else ["pooled", "patch", "last{k}"],
+        "features": features,
+        "feature_dim": dim,
+        "class_token": uses_class_token(model),  # last{k}: CLS tokens, else pooled stage maps
+    }
 
 
 class ExportFileError(AcclimateError):
@@ -167,50 +192,6 @@ def _data_metadata(
     }
 
 
-def _fmt(x: Any) -> str:
-    return f"{x:.4f}" if isinstance(x, float) else str(x)
-
-
-def _evaluation_lines(ev: dict[str, Any]) -> list[str]:
-    """The headline numbers stored by ``acclimate evaluate`` (first model = reference)."""
-    models: dict[str, dict[str, float]] = ev["models"]
-    keys = list(dict.fromkeys(k for h in models.values() for k in h))
-    this = ev.get("this")
-    return [
-        "## Evaluation report (frozen features, same protocol for every model)",
-        "",
-        f"Data: `{ev.get('data')}`"
-        + (
-            f"; source-domain forgetting check: `{ev['forgetting_data']}`"
-            if ev.get("forgetting_data")
-            else ""
-        )
-        + f". Full report: `{ev.get('report')}`.",
-        "",
-        "| model | " + " | ".join(keys) + " |",
-        "|---|" + "---|" * len(keys),
-        *(
-            f"| {'**this export**' if spec == this else f'`{spec}`'} | "
-            + " | ".join(_fmt(h.get(k, "")) for k in keys)
-            + " |"
-            for spec, h in models.items()
-        ),
-        "",
-    ]
-
-
-def _onnx_lines(onnx: dict[str, Any]) -> list[str]:
-    return [
-        "## ONNX",
-        "",
-        f"`{onnx['file']}`: input `{onnx['input']}` float32 {onnx['input_shape']} (dynamic batch), "
-        f"already preprocessed as above (resize, centre crop, [0, 1], mean/std); output "
-        f"`{onnx['output']}` {onnx['output_shape']}, the pooled features. Max abs difference "
-        f"to PyTorch: {onnx.get('max_abs_diff', 'not checked')}.",
-        "",
-    ]
-
-
 def read_export_meta(out: str | Path) -> dict[str, Any]:
     """An export folder's ``acclimate.json``, checked: a hand-edited or truncated file gives one
     line naming the file and the key, not a KeyError later on."""
@@ -244,88 +225,9 @@ def export_meta_problem(meta: dict[str, Any]) -> str | None:
     for key in ("metrics", "evaluation", "onnx"):
         if meta.get(key) is not None and not isinstance(meta[key], dict):
             return f"{key}: expected a mapping or null, got {meta[key]!r}"
+    if "features" in meta and kind_problem(meta["features"]):  # absent: an older export, pooled
+        return f"features: {kind_problem(meta['features'])}"
     return None
-
-
-def _read_recipe(path: Path) -> dict[str, Any]:
-    if not path.exists():
-        return {}
-    try:
-        recipe = OmegaConf.to_container(OmegaConf.load(path))
-    except Exception as e:  # yaml and omegaconf raise their own error types
-        raise ExportFileError(f"{path}: not a readable recipe ({type(e).__name__})") from None
-    return recipe if isinstance(recipe, dict) else {}
-
-
-def _row(r: Any, key: str) -> Any:
-    return r.get(key, "") if isinstance(r, dict) else ""
-
-
-def write_model_card(out: str | Path) -> Path:
-    """(Re)write ``README.md`` from ``acclimate.json``, the recipe and the probes."""
-    out = Path(out)
-    meta = read_export_meta(out)
-    recipe = _read_recipe(out / "recipe.yaml")
-    lines = [f"# {meta['architecture']} adapted with acclimate", ""]
-    if recipe:
-        b, d, m = recipe.get("backbone", {}), recipe.get("data", {}), recipe.get("method", {})
-        lines += [
-            f"- Starting backbone: `{b.get('name')}` with weights `{b.get('weights')}`",
-            f"- Method: {m.get('name')}; training data: `{d.get('train')}`",
-        ]
-    lines += [
-        f"- Input: {meta['channels']} channel(s), {meta['image_size']} px; {meta['preprocessing']}",
-        f"- mean {meta['mean']}, std {meta['std']}",
-        *([f"- Bands, in input order: {', '.join(meta['bands'])}"] if meta.get("bands") else []),
-        "",
-    ]
-    m = meta.get("metrics") or {}
-    if m.get("before") and m.get("after"):
-        lines += [
-            "## Before / after adaptation (frozen features, same protocol)",
-            "",
-            "| model | linear probe top-1 | kNN top-1 (k=20) | test images |",
-            "|---|---|---|---|",
-            *(
-                f"| {label} | {_fmt(_row(r, 'linear_top1'))} | {_fmt(_row(r, 'knn_top1'))} | "
-                f"{_row(r, 'n_test')} |"
-                for label, r in (("starting backbone", m["before"]), ("adapted", m["after"]))
-            ),
-            "",
-        ]
-    if isinstance((meta.get("evaluation") or {}).get("models"), dict):
-        lines += _evaluation_lines(meta["evaluation"])
-    if meta.get("onnx"):
-        lines += _onnx_lines(meta["onnx"])
-    probes = sorted((out / "probes").glob("*.json")) if (out / "probes").exists() else []
-    if probes:
-        lines += [
-            "## Linear probes",
-            "",
-            "| probe | classes | test top-1 | data |",
-            "|---|---|---|---|",
-        ]
-        for p in probes:
-            info = read_json(p)
-            lines.append(
-                f"| {p.stem} | {len(info.get('classes', []))} | "
-                f"{_fmt(info.get('metrics', {}).get('linear_top1'))} | `{info.get('data')}` |"
-            )
-        lines.append("")
-    lines += [
-        "## Use",
-        "",
-        "```python",
-        "import timm  # no acclimate needed",
-        f'model = timm.create_model("local-dir:{out.name}", pretrained=True, num_classes=0)',
-        "",
-        "import acclimate  # preprocessing, CLS/pooled/patch features and probe predictions",
-        f'extractor = acclimate.load("{out.name}")',
-        "```",
-        "",
-    ]
-    write_text_atomic(out / "README.md", "\n".join(lines))
-    return out / "README.md"
 
 
 def checkpoint_metadata(ckpt: str | Path) -> dict[str, Any]:

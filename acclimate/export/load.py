@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from acclimate.data.readers import DEFAULT_OPTIONS, ReadOptions, read_image
 from acclimate.data.transforms import EvalTransform
 from acclimate.errors import AcclimateError
-from acclimate.eval.features import FeatureKind, features_of
+from acclimate.eval.features import FeatureKind, features_of, kind_problem
 from acclimate.eval.linear import LinearProbe
 from acclimate.export.artifact import (
     META_FILE,
@@ -40,7 +40,8 @@ class Extractor:
     uint8 tensors (C, H, W) / (B, C, H, W); preprocessing is applied for you. Image files are
     read with ``options`` (band selection, window, slice axis: the export's ``reader``), and
     every input is clipped per channel to ``clip`` (the export's ``clip``: ``data.clip``'s
-    bounds) before normalisation, as in training.
+    bounds) before normalisation, as in training. ``feature_kind`` (the export's ``features``:
+    ``pooled``, ``cls`` or ``last{k}``) is what ``features`` gives unless told otherwise.
     """
 
     model: nn.Module
@@ -52,6 +53,7 @@ class Extractor:
     meta: dict[str, Any] = field(default_factory=dict)
     options: ReadOptions = DEFAULT_OPTIONS
     clip: tuple[list[float], list[float]] | None = None
+    feature_kind: FeatureKind = "pooled"
 
     def __post_init__(self) -> None:
         self.model.eval()
@@ -84,10 +86,11 @@ class Extractor:
         return torch.stack([self.transform(self._to_tensor(x)) for x in items])
 
     @torch.no_grad()
-    def features(self, images: Any, kind: FeatureKind = "pooled") -> Tensor:
-        """(B, D) pooled or CLS features, or (B, N, D) patch features."""
+    def features(self, images: Any, kind: FeatureKind | None = None) -> Tensor:
+        """(B, D) pooled, CLS or ``last{k}`` features (default: the export's ``feature_kind``),
+        or (B, N, D) patch features."""
         x = self.preprocess(images).to(next(self.model.parameters()).device)
-        return features_of(self.model, x, kind).float().cpu()
+        return features_of(self.model, x, kind or self.feature_kind).float().cpu()
 
     @torch.no_grad()
     def predict(self, images: Any, probe: str | None = None) -> tuple[list[str], Tensor]:
@@ -136,6 +139,8 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Extractor:
             isinstance(classes, list) and all(isinstance(c, str) for c in classes)
         ):
             raise ExportFileError(f"{pj}: classes: expected a list of names, got {classes!r}")
+        if kind_problem(data.get("feature", "pooled")):
+            raise ExportFileError(f"{pj}: feature: {kind_problem(data['feature'])}")
         try:
             probes[pj.stem] = LinearProbe.load(pj.with_suffix(".safetensors"), classes)
         except (OSError, KeyError, safetensors.SafetensorError) as e:
@@ -154,6 +159,7 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Extractor:
         meta,
         options,
         clip_bounds(meta),
+        meta.get("features", "pooled"),
     )
 
 
@@ -211,6 +217,7 @@ class ResolvedModel:
     metadata: dict[str, Any] = field(default_factory=dict)
     options: ReadOptions = DEFAULT_OPTIONS  # how to read image files for this model
     clip: tuple[list[float], list[float]] | None = None  # per-channel bounds before normalising
+    features: str | None = None  # the feature kind the export or run records (eval.features)
 
 
 def resolve_model(
@@ -240,6 +247,7 @@ def resolve_model(
             ex.meta,
             ex.options,
             ex.clip,
+            ex.feature_kind,
         )
     if p.is_dir() and latest_checkpoint(p) is not None:  # a run folder: its newest checkpoint
         p = latest_checkpoint(p)  # type: ignore[assignment]
@@ -259,6 +267,7 @@ def resolve_model(
             meta,
             reader_options(meta),
             clip_bounds(meta),
+            recipe_features(meta["recipe"]),
         )
     if p.is_dir() and (p / "recipe.yaml").is_file():
         raise AcclimateError(
@@ -276,3 +285,23 @@ def resolve_model(
     if len(mean) != in_chans:
         mean, std = [float(np.mean(mean))] * in_chans, [float(np.mean(std))] * in_chans
     return ResolvedModel(model, mean, std, image_size or 224, f"{spec} (weights: {weights})")
+
+
+def recipe_features(recipe: dict[str, Any]) -> str | None:
+    """The feature kind (``eval.features``) of a run's recipe, None when it names none."""
+    section = recipe.get("eval")
+    kind = section.get("features") if isinstance(section, dict) else None
+    return kind if isinstance(kind, str) else None
+
+
+def recorded_features(spec: str) -> str | None:
+    """The feature kind that MODEL ``spec`` records, without building it: an export's
+    ``features``, a run's or checkpoint's ``eval.features``; None for a timm name."""
+    p = Path(spec)
+    if p.is_dir() and (p / META_FILE).is_file():
+        return read_export_meta(p).get("features", "pooled")
+    if p.is_dir() and latest_checkpoint(p) is not None:
+        p = latest_checkpoint(p)  # type: ignore[assignment]
+    if p.is_file() and p.suffix == ".ckpt":
+        return recipe_features(checkpoint_metadata(p)["recipe"])
+    return None
