@@ -23,14 +23,10 @@ from typing import Any, Literal, Union
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from acclimate.errors import AcclimateError
+from acclimate.errors import AcclimateError, ConfigError
 
 COMMAND_LINE = "the command line"
 TOP_LEVEL_SCALARS: dict[str, Any] = {"name": str, "seed": int, "run_dir": str | None}
-
-
-class ConfigError(AcclimateError):
-    """A recipe problem, stated in one line that names the key and the file that set it."""
 
 
 @dataclass
@@ -56,7 +52,7 @@ def _sections() -> dict[str, Callable[..., Any]]:
     from acclimate.data.transforms import MultiCropTransform
     from acclimate.eval.evaluate import EvalSettings
     from acclimate.ssl.optim import OptimSettings
-    from acclimate.training import TrainerSettings
+    from acclimate.trainer_settings import TrainerSettings
 
     return {
         "backbone": create_backbone,
@@ -188,7 +184,7 @@ def _fail(recipe: Recipe, key: str, message: str) -> typing.NoReturn:
 def recipe_error(recipe: Recipe, key: str, message: str) -> ConfigError:
     """The error of a check made once the recipe's objects exist (e.g. a feature kind that the
     backbone cannot give): one line naming ``key`` and the file that set it."""
-    return ConfigError(f"{_where(recipe, key)}: {key}: {message}")
+    return ConfigError(_one_line(f"{_where(recipe, key)}: {key}: {message}"))
 
 
 def _suggest(key: str, options: Sequence[str]) -> str:
@@ -451,6 +447,15 @@ def _feature_kind(value: Any) -> str | None:
     return None if kind_problem(value) is None else VECTOR_KINDS
 
 
+def _pipeline_file(value: Any) -> str | None:
+    from acclimate.data.user_augment import FORMATS
+
+    path = None if value is None else Path(value).expanduser()
+    if path is None or (path.is_file() and path.suffix.lower() in FORMATS):
+        return None
+    return "an existing .yaml/.yml/.json file written by albumentations' A.save, or null"
+
+
 RULES: dict[str, Rule] = {
     "data.channels": COUNT,  # first: backbone.in_chans follows it when not given
     "seed": Range(0, 2**32 - 1),
@@ -478,6 +483,7 @@ RULES: dict[str, Rule] = {
     "augment.color_strength": ZERO_OK,
     "augment.blur_p": PROBABILITY,
     "augment.solarize_p": PROBABILITY,
+    "augment.albumentations": _pipeline_file,
     "optim.lr": POSITIVE,
     "optim.min_lr": ZERO_OK,
     "optim.backbone_lr_mult": POSITIVE,

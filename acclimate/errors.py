@@ -10,3 +10,7 @@ class AcclimateError(ValueError):
 class TrainingFailed(AcclimateError):
     """The run stopped itself (divergence, collapse, a dead rank): exit code 1, the last good
     checkpoint kept."""
+
+
+class ConfigError(AcclimateError):
+    """A recipe problem, stated in one line that names the key and the file that set it."""

@@ -63,7 +63,9 @@ def method_step(name: str, backbone_name: str, views: dict) -> Callable[[], None
     module = METHODS[name](create_backbone(backbone_name), 1, optim, **SETTINGS[name]["kw"])
     module.train()
     trainer = _stub(module, None)  # type: ignore[arg-type]
-    optimizer = module.configure_optimizers()
+    configured = module.configure_optimizers()
+    optimizer, schedule = configured["optimizer"], configured["lr_scheduler"]["scheduler"]
+    schedule.refresh()  # what on_train_start does
     trainer.optimizers = [optimizer]
     batch = (views, None)
     count = iter(range(10**9))
@@ -81,6 +83,7 @@ def method_step(name: str, backbone_name: str, views: dict) -> Callable[[], None
             return loss
 
         module.optimizer_step(0, i, optimizer, closure)
+        schedule.step()  # what Lightning does after each optimiser step
 
     return step
 

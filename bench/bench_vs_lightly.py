@@ -256,7 +256,7 @@ def acclimate_fit(args: argparse.Namespace, train_data: object) -> dict:
     import lightning.pytorch as pl
 
     from acclimate.ssl import METHODS, OptimSettings
-    from acclimate.training import TrainerSettings
+    from acclimate.trainer_settings import TrainerSettings
 
     pl.seed_everything(0, verbose=False)
     torch.set_float32_matmul_precision("high")
@@ -342,7 +342,9 @@ def acclimate_step(args: argparse.Namespace, total: int):
     )
     module._trainer = trainer  # type: ignore[assignment]
     module.log = module.log_dict = lambda *a, **k: None  # type: ignore[method-assign]
-    optimizer = module.configure_optimizers()
+    configured = module.configure_optimizers()
+    optimizer, schedule = configured["optimizer"], configured["lr_scheduler"]["scheduler"]
+    schedule.refresh()  # what on_train_start does
     trainer.optimizers = [optimizer]
 
     def step(views: list[Tensor], i: int) -> None:
@@ -359,6 +361,7 @@ def acclimate_step(args: argparse.Namespace, total: int):
             return loss
 
         module.optimizer_step(0, i, optimizer, closure)
+        schedule.step()  # what Lightning does after each optimiser step
 
     return step
 

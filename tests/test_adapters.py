@@ -288,7 +288,7 @@ def test_dino_trains_only_the_adapter_and_teacher_follows(name: str, adapter) ->
     module = _dino(name, adapter, optim)
     frozen = set(getattr(module.backbone, ADAPTER_ATTR)["frozen"])
     start = _state(module.backbone)
-    opt = module.configure_optimizers()
+    opt = module.build_optimizer()
     in_opt = {id(p) for g in opt.param_groups for p in g["params"]}
     assert not any(id(p) in in_opt for n, p in module.backbone.named_parameters() if n in frozen)
 

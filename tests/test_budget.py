@@ -49,7 +49,7 @@ def test_max_time_ends_in_time_with_checkpoint_and_evidence(tmp_path, tiny_datas
 
         acc = EventAccumulator(str(run / "tensorboard"))
         acc.Reload()
-        lr = acc.Scalars("lr/head")
+        lr = acc.Scalars("lr-AdamW/head")
         assert lr[-1].value < 0.05 * max(e.value for e in lr)
 
 

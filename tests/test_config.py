@@ -12,7 +12,7 @@ from acclimate.config import COMMAND_LINE, ConfigError, construct, load_recipe
 from acclimate.data.transforms import MultiCropTransform
 from acclimate.eval.evaluate import EvalSettings
 from acclimate.ssl import METHODS, OptimSettings
-from acclimate.training import TrainerSettings
+from acclimate.trainer_settings import TrainerSettings
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 

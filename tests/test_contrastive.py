@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from acclimate.backbones import create_backbone
 from acclimate.cli import main
-from acclimate.ssl import BYOL, MoCoV3, OptimSettings, SimCLR
+from acclimate.ssl import BYOL, MoCoV3, OptimSettings, SimCLR, distributed
 from acclimate.ssl.distributed import SyncBatchNorm1d, gather_with_grad
 from acclimate.ssl.heads import MLPHead
 from acclimate.ssl.losses import BYOLLoss, MoCoV3Loss, NTXentLoss
@@ -122,13 +122,30 @@ def test_mlp_head_shapes_and_layers() -> None:
         MLPHead(4, 4, 4, n_layers=0)
 
 
-def test_sync_batchnorm_is_batchnorm_on_one_process() -> None:
+def test_sync_batchnorm_normalises_over_the_global_batch(monkeypatch) -> None:
+    """One process: BatchNorm's formula. As rank 0 of 2 (the other rank's sums stand in for
+    the all-reduce): the statistics of the concatenated batch, as ``nn.BatchNorm1d`` has them."""
     torch.manual_seed(0)
-    ours, ref = SyncBatchNorm1d(6), nn.BatchNorm1d(6)
-    x = torch.randn(8, 6) * 3 + 1
-    torch.testing.assert_close(ours(x), ref(x))
-    torch.testing.assert_close(ours.running_var, ref.running_var)
+    x, other = torch.randn(8, 6) * 3 + 1, torch.randn(5, 6) * 0.5 - 2
+    ours = SyncBatchNorm1d(6)
+    mean, var = x.mean(0), x.var(0, unbiased=False)
+    torch.testing.assert_close(ours(x), (x - mean) / torch.sqrt(var + 1e-5))
+    torch.testing.assert_close(ours.running_mean, 0.1 * mean)  # momentum 0.1, unbiased variance
+    torch.testing.assert_close(ours.running_var, 0.9 + 0.1 * x.var(0))
     assert gather_with_grad(x) is x
+
+    other_sums = torch.cat([other.sum(0), (other**2).sum(0), torch.tensor([5.0])])
+    monkeypatch.setattr(distributed, "world_and_rank", lambda: (2, 0))
+    monkeypatch.setattr(distributed, "all_reduce_with_grad", lambda stats: stats + other_sums)
+    synced, ref = SyncBatchNorm1d(6), nn.BatchNorm1d(6)
+    with torch.no_grad():
+        for bn in (synced, ref):
+            bn.weight.copy_(torch.linspace(0.5, 2, 6))
+            bn.bias.copy_(torch.linspace(-1, 1, 6))
+    torch.testing.assert_close(synced(x), ref(torch.cat([x, other]))[:8])
+    torch.testing.assert_close(synced.running_mean, ref.running_mean)
+    torch.testing.assert_close(synced.running_var, ref.running_var)
+    assert not torch.allclose(synced.running_var, ours.running_var)  # not this rank's alone
 
 
 @pytest.mark.parametrize("cls", [MoCoV3, BYOL])
@@ -136,7 +153,7 @@ def test_momentum_encoder_starts_equal_and_is_not_optimised(cls: type) -> None:
     module = cls(create_backbone("test_vit"), 8, OptimSettings(), hidden_dim=16, dim=8)
     s, t = module.backbone.state_dict(), module.teacher_backbone.state_dict()
     assert all(torch.equal(s[k], t[k]) for k in s)
-    optimised = {id(p) for g in module.configure_optimizers().param_groups for p in g["params"]}
+    optimised = {id(p) for g in module.build_optimizer().param_groups for p in g["params"]}
     teacher = [*module.teacher_backbone.parameters(), *module.teacher_projector.parameters()]
     assert not any(id(p) in optimised for p in teacher)
     assert module.export_backbone() is module.teacher_backbone
@@ -186,12 +203,21 @@ def logged_losses(run: Path) -> list[float]:
     return [e.value for e in acc.Scalars("train/loss_step")]
 
 
-def train_export_check(tmp_path: Path, recipe: str, overrides: list[str], backbone: str) -> Path:
-    """Train, check the loss and the weights moved, export, load in stock timm. -> export dir."""
+def train_export_check(
+    tmp_path: Path,
+    recipe: str,
+    overrides: list[str],
+    backbone: str,
+    loss_range: tuple[float, float],
+) -> Path:
+    """Train, check every logged loss lies in ``loss_range`` (the range its formula allows on a
+    batch of 8, from the similarities' bounds) and the weights moved, export, load in stock
+    timm. -> export dir."""
     run, export = tmp_path / "run", tmp_path / "export"
     assert main(["train", str(ROOT / "recipes" / recipe), f"run_dir={run}", *overrides]) == 0
     losses = logged_losses(run)
-    assert len(losses) >= 3 and all(math.isfinite(x) for x in losses)
+    low, high = loss_range
+    assert len(losses) >= 3 and all(low <= x <= high for x in losses), losses
     assert main(["export", str(run), "--out", str(export)]) == 0
     stock = timm.create_model(f"local-dir:{export}", pretrained=True, num_classes=0).eval()
     ckpt = create_backbone(backbone, weights=str(run / "checkpoints" / "last.ckpt")).eval()
@@ -207,15 +233,24 @@ def train_export_check(tmp_path: Path, recipe: str, overrides: list[str], backbo
     return export
 
 
+# Loss ranges for batches of B = 8 (cosine similarities in [-1, 1]): NT-Xent (tau 0.2, 2B views)
+# in [0, log(2B - 1) + 2 / tau]; MoCo v3 (tau 1.0), 2 tau CE twice, each CE in
+# [log(1 + (B - 1) e^(-2 / tau)), log B + 2 / tau]; BYOL, two squared distances of unit vectors.
+RANGES = {
+    "simclr": (0.0, math.log(15) + 2 / 0.2),
+    "moco_v3": (4 * math.log(1 + 7 * math.exp(-2)), 4 * math.log(8) + 8),
+    "byol": (0.0, 8.0),
+}
+
+
 @pytest.mark.parametrize(
     ("recipe", "method"),
     [
-        ("simclr.yaml", ["method.proj_hidden_dim=32", "method.proj_dim=16"]),
-        ("moco_v3.yaml", ["method.hidden_dim=32", "method.dim=16", "method.momentum=0.9"]),
-        ("byol.yaml", ["method.hidden_dim=32", "method.dim=16", "method.momentum=0.9"]),
+        ("simclr", ["method.proj_hidden_dim=32", "method.proj_dim=16"]),
+        ("moco_v3", ["method.hidden_dim=32", "method.dim=16", "method.momentum=0.9"]),
+        ("byol", ["method.hidden_dim=32", "method.dim=16", "method.momentum=0.9"]),
     ],
 )
 def test_method_trains_from_recipe_and_exports(tmp_path, tiny_dataset, recipe, method) -> None:
-    train_export_check(
-        tmp_path, recipe, tiny_overrides(tmp_path, tiny_dataset) + method, "test_vit"
-    )
+    overrides = tiny_overrides(tmp_path, tiny_dataset) + method
+    train_export_check(tmp_path, f"{recipe}.yaml", overrides, "test_vit", RANGES[recipe])

@@ -23,6 +23,7 @@ from acclimate.data import (
     open_source,
     read_bad_file_log,
 )
+from acclimate.data.bad_files import BadFileLog
 
 
 def _rgb(seed: int, h: int = 8, w: int = 10) -> np.ndarray:
@@ -299,6 +300,18 @@ def test_dataset_skips_bad_files(with_bad_files: Path, tmp_path: Path, caplog) -
     dataset[2]
     assert dataset.n_bad == 2 and len(log_file.read_text().splitlines()) == 2  # once per file
     assert dataset[0][1] == 0 and len(dataset) == 4
+
+
+def test_bad_file_log_lists_each_file_once(tmp_path: Path) -> None:
+    log_file = tmp_path / "run" / "bad_files.txt"
+    a, b = BadFileLog(log_file), BadFileLog(log_file)  # two DataLoader workers
+    assert a.add("x/1.png", "unreadable", "OSError:\tno\nthing")
+    assert not b.add("x/1.png", "truncated", "later")  # appended by the other: seen
+    assert b.add("x/2.png", "missing", "gone") and not a.add("x/2.png", "missing", "gone")
+    assert log_file.read_text().splitlines() == [
+        "x/1.png\t[unreadable] OSError: no thing",
+        "x/2.png\t[missing] gone",
+    ]
 
 
 def test_dataset_all_bad_raises(tmp_path: Path) -> None:

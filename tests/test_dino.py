@@ -413,7 +413,7 @@ def test_lr_factor_counts_devices_and_accumulation() -> None:
 
 def test_optimizer_covers_student_only() -> None:
     module = _module("test_resnet", OptimSettings())
-    optimizer = module.configure_optimizers()
+    optimizer = module.build_optimizer()
     in_optimizer = {id(p) for g in optimizer.param_groups for p in g["params"]}
     backbone = {id(p) for p in module.backbone.parameters()}
     head = {id(p) for p in module.head.parameters() if p.requires_grad}

@@ -47,7 +47,7 @@ def _views(seed=1):
 
 def test_dino_centre_moves_once_per_optimiser_step_under_accumulation():
     module = _dino()
-    opt = module.configure_optimizers()
+    opt = module.build_optimizer()
     start = module.center.center.clone()
     for i in range(2):  # two micro-batches of one optimiser step
         module.training_step(_views(i), i)
@@ -82,18 +82,16 @@ def test_mae_uses_the_papers_adamw_betas():
     mae = MAE(
         create_backbone("test_vit"), 4, None, decoder_dim=16, decoder_depth=1, decoder_heads=2
     )
-    assert mae.configure_optimizers().defaults["betas"] == (0.9, 0.95)
-    assert _dino().configure_optimizers().defaults["betas"] == (0.9, 0.999)
+    assert stub_trainer(mae).build_optimizer().defaults["betas"] == (0.9, 0.95)
+    assert _dino().build_optimizer().defaults["betas"] == (0.9, 0.999)
 
 
 def test_min_lr_is_absolute_while_the_peak_scales_with_the_batch():
     module = _dino(optim={"lr": 1e-3, "min_lr": 1e-5})
-    module._trainer.global_step = 20  # the end of the schedule
-    end = module.scheduled_lr(False)
+    end = module.scheduled_lr(20, False)  # the end of the schedule
     assert end == pytest.approx(1e-5, rel=1e-3)
-    module._trainer.global_step = 0
     module.optim.warmup_epochs = 0
-    peak = module.scheduled_lr(False)
+    peak = module.scheduled_lr(0, False)
     assert peak == pytest.approx(1e-3 * 4 * 2 / 256)  # batch 4 x accumulation 2
 
 
@@ -200,7 +198,7 @@ def test_weight_decay_and_teacher_temperature_schedules():
     values = []
     for step in (0, 5, 10, 20):
         trainer.global_step = step
-        values.append((module.scheduled_wd(), module.teacher_temperature()))
+        values.append((module.scheduled_wd(step), module.teacher_temperature()))
     (wd0, t0), (wd5, t5), (wd10, _), (wd20, t20) = values
     assert wd0 == pytest.approx(0.04) and wd20 == pytest.approx(0.4)
     assert wd10 == pytest.approx(0.22)  # cosine: half-way at half the steps
@@ -236,7 +234,7 @@ def test_dinov2_mask_token_trains_as_the_stem_not_as_a_head():
     torch.manual_seed(0)
     optim = OptimSettings(backbone_lr_mult=0.1, layer_decay=0.5)
     v2 = DINOv2(create_backbone("test_vit"), 4, optim, out_dim=16, hidden_dim=16, bottleneck_dim=8)
-    opt = stub_trainer(v2).configure_optimizers()
+    opt = stub_trainer(v2).build_optimizer()
     group_of = {id(p): g for g in opt.param_groups for p in g["params"]}
     token = group_of[id(v2.mask_token.weight)]
     patch = group_of[id(v2.backbone.patch_embed.proj.weight)]
@@ -258,3 +256,31 @@ def test_dinov2_recipe_keys_follow_its_kwargs_to_dino():
     assert set(dino) <= set(params)
     assert params["out_dim"] == dino["out_dim"] and params["teacher_scale"][1] == 1.0
     assert "ibot_weight" in params and "dino" not in params
+
+
+def test_the_step_schedule_sets_each_groups_lr_and_weight_decay_per_optimiser_step():
+    """Lightning steps `StepSchedule` once per optimiser step: after k steps each group has
+    ``scheduled_lr(k) * lr_scale`` and the scheduled weight decay where it applies, 0 elsewhere;
+    its state (the step) survives a checkpoint, its functions are rebuilt."""
+    from acclimate.ssl.schedules import StepSchedule
+
+    module = _dino(optim={"weight_decay": 0.04, "weight_decay_end": 0.4})
+    module.optim.warmup_epochs = 1.0
+    configured = module.configure_optimizers()
+    opt, schedule = configured["optimizer"], configured["lr_scheduler"]["scheduler"]
+    assert configured["lr_scheduler"]["interval"] == "step"
+    schedule.refresh()
+    for k in range(4):
+        for g in opt.param_groups:
+            want = module.scheduled_lr(k, g["is_backbone"]) * g["lr_scale"]
+            assert g["lr"] == pytest.approx(want)
+            assert g["weight_decay"] == (
+                pytest.approx(module.scheduled_wd(k)) if g["apply_wd"] else 0
+            )
+        schedule.step()
+    assert opt.param_groups[-1]["lr"] > 0  # warm-up under way
+    names = [g["name"] for g in opt.param_groups]
+    assert len(set(names)) == len(names) and "head" in names and "backbone" in names
+    again = StepSchedule(module.build_optimizer(), module.scheduled_lr, module.scheduled_wd)
+    again.load_state_dict(schedule.state_dict())
+    assert again.last_epoch == 4 and "lr_at" not in schedule.state_dict()

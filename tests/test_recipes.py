@@ -6,7 +6,6 @@ stock timm loads."""
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -122,6 +121,7 @@ def shrinking_overrides(tmp_path: Path, settings: dict, data: Path) -> list[str]
         "eval.every_n_epochs=0",
         "eval.num_workers=0",
         "trainer.max_epochs=1",
+        "trainer.max_time=null",  # a time budget ignores max_epochs: it would run its whole time
         "trainer.progress_bar=false",
         "trainer.log_every_n_steps=1",
     ]
@@ -164,8 +164,9 @@ def test_recipe_trains_and_exports_to_stock_timm(tmp_path: Path, recipe: Path) -
 
     metrics = json.loads((run / "metrics.json").read_text())
     for when in ("before", "after"):  # the eval data is labelled: before/after must be there
-        assert math.isfinite(metrics[when]["knn_top1"]), metrics
-        assert math.isfinite(metrics[when]["linear_top1"]), metrics
+        # 3 classes told apart by colour, HU level or band offsets: chance is 1/3
+        assert metrics[when]["knn_top1"] > 0.5, metrics
+        assert metrics[when]["linear_top1"] > 0.5, metrics
 
     assert main(["export", str(run), "--out", str(export)]) == 0
     start = load_file(str(tmp_path / f"{BACKBONE}.safetensors"))

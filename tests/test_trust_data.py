@@ -321,10 +321,10 @@ def test_evaluate_and_embed_never_write_nan_rows(tmp_path: Path, caplog, capsys)
     assert "huge.tif ([not finite]" in caplog.text
     rs = ReportSettings(knn_ks=(3,), weight_decays=(1e-3,), shots=(1,), seeds=(0,))
     metrics = measure_features(train, test, rs, sources[0].classes)
-    assert metrics["n_test"] == 12 and 0 <= metrics["linear_top1"] <= 1
+    assert metrics["n_test"] == 12 and metrics["linear_top1"] >= 0.8  # 3 classes: chance 1/3
     assert metrics["left_out"] == {"train": train.left_out, "test": test.left_out}
     before, _ = evaluate_backbone(model, *sources, tf, settings, progress=False)  # training's
-    assert before["n_train"] == 15 and np.isfinite(before["linear_top1"])
+    assert before["n_train"] == 15 and before["linear_top1"] >= 0.8
 
     out = tmp_path / "report"
     args = ["evaluate", "test_resnet", "--data", str(root), "--image-size", "32"]

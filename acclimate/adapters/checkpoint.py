@@ -19,7 +19,7 @@ from torch import nn
 from acclimate.adapters.apply import ADAPTER_ATTR, apply_adapter, fingerprint
 from acclimate.adapters.config import AdapterError, AdapterSettings
 from acclimate.adapters.merge import merge_lora
-from acclimate.config import ConfigError
+from acclimate.errors import ConfigError
 
 CKPT_KEY = "acclimate_adapter"
 

@@ -6,6 +6,7 @@ import inspect
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -13,8 +14,8 @@ from torch import Tensor, nn
 
 from acclimate.ssl.anchor import StartAnchor, check_levers, upsample
 from acclimate.ssl.ema import cosine_momentum, update_ema
-from acclimate.ssl.optim import OptimSettings, param_groups
-from acclimate.ssl.schedules import warmup_cosine
+from acclimate.ssl.optim import OptimSettings, name_groups, param_groups
+from acclimate.ssl.schedules import StepSchedule, warmup_cosine
 
 
 class SSLModule(pl.LightningModule):
@@ -180,7 +181,10 @@ class SSLModule(pl.LightningModule):
         train as the backbone's stem does. None by default."""
         return []
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        """AdamW (or SGD) over the backbone's and the heads' parameter groups (each with its
+        ``lr_scale``, ``apply_wd``, ``is_backbone`` and a ``name``); learning rates are set by
+        the schedule."""
         o = self.optim
         groups = param_groups(
             self.backbone,
@@ -192,10 +196,17 @@ class SSLModule(pl.LightningModule):
         for g in groups:
             g["is_backbone"] = True
         for head in self.head_modules():
-            groups += param_groups(head, lr_scale=1.0)
+            groups += [{**g, "is_backbone": False} for g in param_groups(head, lr_scale=1.0)]
+        name_groups(groups)
         if o.optimizer == "sgd":
             return torch.optim.SGD(groups, lr=0.0, momentum=0.9)
         return torch.optim.AdamW(groups, lr=0.0, weight_decay=o.weight_decay, betas=self.adam_betas)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        """The optimiser and a `StepSchedule` that Lightning steps after every optimiser step."""
+        opt = self.build_optimizer()
+        schedule = StepSchedule(opt, self.scheduled_lr, self.scheduled_wd)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     # --- gradient clipping: each paper's rule (``optim.clip_rule``) -----------------------------
     default_clip_rule: str = "none"  # SimCLR, MoCo v3, BYOL, MAE and distillation do not clip
@@ -235,38 +246,35 @@ class SSLModule(pl.LightningModule):
                 if grads:
                     torch.nn.utils.clip_grad_norm_(grads, gradient_clip_val)
 
-    def scheduled_lr(self, backbone: bool) -> float:
+    def scheduled_lr(self, step: int, backbone: bool) -> float:
+        """The learning rate at optimisation step ``step`` (before a group's ``lr_scale``):
+        linear warm-up then cosine to ``min_lr``; the backbone's is 0 while it is frozen and its
+        schedule starts when it thaws. The peak scales with the global batch, ``min_lr`` not."""
         o = self.optim
         spe, total = self.steps_per_epoch, self.total_steps
-        scale = self.lr_factor()
         warm = int(o.warmup_epochs * spe)
-        step = self.global_step
         if backbone:
             frozen = int(o.freeze_backbone_epochs * spe)
             if step < frozen:
                 return 0.0
             step, total = step - frozen, max(total - frozen, 1)
-        return warmup_cosine(step, total, o.lr * scale, o.min_lr, warm)  # min_lr: not scaled
+        return warmup_cosine(step, total, o.lr * self.lr_factor(), o.min_lr, warm)
 
-    def scheduled_wd(self) -> float:
+    def scheduled_wd(self, step: int) -> float:
         o = self.optim
         end = o.weight_decay if o.weight_decay_end is None else o.weight_decay_end
-        return warmup_cosine(self.global_step, self.total_steps, o.weight_decay, end)
+        return warmup_cosine(step, self.total_steps, o.weight_decay, end)
+
+    def on_train_start(self) -> None:
+        for config in self.trainer.lr_scheduler_configs:  # the run's length is known now
+            if isinstance(config.scheduler, StepSchedule):
+                config.scheduler.refresh()
 
     def on_train_batch_start(self, batch: object, batch_idx: int) -> None:
-        lr_head, lr_backbone = self.scheduled_lr(False), self.scheduled_lr(True)
-        wd = self.scheduled_wd()
-        for opt in self.trainer.optimizers:
-            for g in opt.param_groups:
-                base = lr_backbone if g.get("is_backbone") else lr_head
-                g["lr"] = base * g["lr_scale"]
-                g["weight_decay"] = wd if g["apply_wd"] else 0.0
         self.set_backbone_mode(self.backbone)
         self.log_dict(
             {
-                "lr/head": lr_head,
-                "lr/backbone": lr_backbone * self.optim.backbone_lr_mult,
-                "wd": wd,
+                "wd": self.scheduled_wd(self.global_step),
                 "backbone_frozen": float(self.backbone_frozen),
             },
             on_step=True,

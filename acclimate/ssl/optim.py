@@ -139,3 +139,15 @@ def param_groups(
                 apply_wd = weight_decay and decays
                 groups.append({"params": params, "lr_scale": scale, "apply_wd": apply_wd})
     return groups
+
+
+def name_groups(groups: list[dict]) -> None:
+    """Name each parameter group for Lightning's ``LearningRateMonitor`` (``lr-AdamW/NAME``):
+    the first backbone group ``backbone``, the first head group ``head``, the others
+    ``backbone-1``, ``head-1``, ... (layer decay and no-weight-decay groups)."""
+    seen: dict[str, int] = {}
+    for g in groups:
+        part = "backbone" if g.get("is_backbone") else "head"
+        k = seen.get(part, 0)
+        seen[part] = k + 1
+        g["name"] = part if k == 0 else f"{part}-{k}"
