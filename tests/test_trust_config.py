@@ -23,7 +23,7 @@ from test_config import MINIMAL, _error, _write
 from torch import nn
 
 import acclimate
-from acclimate import config, preflight
+from acclimate import config, preflight, rules
 from acclimate.cli import ERROR_EXIT, main
 from acclimate.config import COMMAND_LINE, ConfigError, load_recipe, signature_params
 from acclimate.export.artifact import ExportFileError
@@ -47,6 +47,7 @@ def minimal(tmp_path: Path) -> Path:
 def cpu_only(monkeypatch: pytest.MonkeyPatch) -> None:
     """The accelerators of a machine without GPUs, wherever the tests run."""
     monkeypatch.setattr(config, "available_accelerators", lambda: dict(CPU_ONLY))
+    monkeypatch.setattr(rules, "available_accelerators", lambda: dict(CPU_ONLY))
 
 
 # --- recipe values ---------------------------------------------------------------------------
@@ -201,20 +202,20 @@ def _numeric(annotation: object) -> bool:
 
 
 def test_every_numeric_key_has_a_rule():
-    """A new int or float constructor argument needs a row in config.RULES (or FREE_NUMBERS)."""
+    """A new int or float constructor argument needs a row in rules.RULES (or FREE_NUMBERS)."""
     missing = []
     for section, fn in config._sections().items():
         for key, (annotation, _) in signature_params(
             fn, config.RESERVED.get(section, set())
         ).items():
             if _numeric(annotation) and f"{section}.{key}" not in {
-                *config.RULES,
-                *config.FREE_NUMBERS,
+                *rules.RULES,
+                *rules.FREE_NUMBERS,
             }:
                 missing.append(f"{section}.{key}")
     for name, cls in config._methods().items():
         for key, (annotation, _) in signature_params(cls, config.RESERVED["method"]).items():
-            if _numeric(annotation) and f"method.{key}" not in config.RULES:
+            if _numeric(annotation) and f"method.{key}" not in rules.RULES:
                 missing.append(f"method.{key} ({name})")
     assert not missing
 
