@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -46,6 +45,21 @@ def resolve_split(spec: str, split: str | None) -> str | None:
     if split != "auto":
         return split
     return "train" if "train" in list_splits(spec) else None
+
+
+def _check_arguments(
+    channels: int, bands: list | None, max_bad_fraction: float, stats: dict[str, Normalization]
+) -> None:
+    """The constructor's own checks (`ReadOptions` checks window, nodata_fill, max_pixels)."""
+    if channels < 1:
+        raise ValueError(f"channels must be >= 1, got {channels}")
+    if bands is not None and len(bands) != channels:
+        raise ValueError(f"bands lists {len(bands)} bands but channels is {channels}")
+    if not 0 <= max_bad_fraction < 1:
+        raise ValueError(f"max_bad_fraction must be in [0, 1), got {max_bad_fraction}")
+    for name, value in stats.items():
+        if isinstance(value, list) and len(value) != channels:
+            raise ValueError(f"{name} has {len(value)} values but channels is {channels}")
 
 
 class SSLDataModule(pl.LightningDataModule):
@@ -126,21 +140,7 @@ class SSLDataModule(pl.LightningDataModule):
         bad_file_log: str | Path | None = None,
     ) -> None:
         super().__init__()
-        if channels < 1:
-            raise ValueError(f"channels must be >= 1, got {channels}")
-        if bands is not None and len(bands) != channels:
-            raise ValueError(f"bands lists {len(bands)} bands but channels is {channels}")
-        if window is not None and (len(window) != 2 or window[1] <= 1):
-            raise ValueError(f"window must be [centre, width] with width > 1, got {window}")
-        if max_pixels < 1:
-            raise ValueError(f"max_pixels must be a positive pixel count, got {max_pixels}")
-        if nodata_fill != "mean" and not math.isfinite(nodata_fill):
-            raise ValueError(f"nodata_fill must be 'mean' or a finite number, got {nodata_fill}")
-        if not 0 <= max_bad_fraction < 1:
-            raise ValueError(f"max_bad_fraction must be in [0, 1), got {max_bad_fraction}")
-        for name, value in (("mean", mean), ("std", std)):
-            if isinstance(value, list) and len(value) != channels:
-                raise ValueError(f"{name} has {len(value)} values but channels is {channels}")
+        _check_arguments(channels, bands, max_bad_fraction, {"mean": mean, "std": std})
         self.spec = train
         self.split = resolve_split(train, train_split)
         self.channels = channels

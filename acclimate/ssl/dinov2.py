@@ -146,23 +146,16 @@ class DINOv2(DINO):
         if any(v.shape != globals_[0].shape for v in globals_):
             raise ValueError("dinov2 needs global crops of one size")
         images = torch.cat(globals_)  # (G * B, C, H, W)
-        vit, teacher = self.backbone, self.teacher_backbone
+        vit = self.backbone
         n_prefix = vit.num_prefix_tokens
         grid = patch_grid(vit, images.shape[-2:])
         # (G * B, N); the same number of masked crops on every rank
         masks = block_masks(images.shape[0], grid, tuple(h.mask_ratio), h.mask_prob)
         use_ibot = h.ibot_weight > 0 and bool(masks.any())
         masks = masks.to(images.device)
-        patch_head, teacher_patch_head = self._patch_heads()
+        patch_head, _ = self._patch_heads()
 
-        with torch.no_grad():
-            self.teacher_mode(teacher, self.teacher_head, teacher_patch_head)
-            t_images = self.teacher_view(images)
-            t_tokens = encode_tokens(teacher, embed_tokens(teacher, t_images))
-            t_cls = self.teacher_head(pooled(teacher, t_tokens)).float()
-            t_grid = patch_grid(teacher, t_images.shape[-2:])
-            t_patches = pool_tokens(t_tokens[:, n_prefix:], t_grid, grid)  # the student's grid
-            t_patch = teacher_patch_head(t_patches[masks]).float()
+        t_cls, t_patch = self._teacher_outputs(images, masks, grid)
         # The mask token trains during the frozen warm-up too: the masked forward keeps its graph
         # (the backbone parameters, not autograd, are switched off).
         with self.maybe_frozen_params():
@@ -175,23 +168,8 @@ class DINOv2(DINO):
         s_cls = self.head(torch.cat(feats)).float()
 
         temp = self.teacher_temperature()
-        n_views = len(globals_) + len(locals_)
-        parts: dict[str, Tensor | float] = {}
-        if h.centering == "sinkhorn_knopp":  # DINOLoss takes logits: softmax(log p / 1) = p
-            t_log = sinkhorn_knopp(t_cls, temp, h.sinkhorn_iters).clamp(min=1e-30).log()
-            zero = torch.zeros_like(self.center())
-            dino = self.criterion(
-                list(s_cls.chunk(n_views)), list(t_log.chunk(len(globals_))), zero, 1.0
-            )
-        else:
-            dino = self.criterion(
-                list(s_cls.chunk(n_views)), list(t_cls.chunk(len(globals_))), self.center(), temp
-            )
-            parts = self.collapse_stats(
-                t_cls.chunk(len(globals_))[0], s_cls.chunk(n_views)[0], temp
-            )
-            self.center.accumulate(t_cls)
-        loss, parts = dino, {**parts, "dinov2/dino": dino.detach()}
+        dino, parts = self._dino_loss(s_cls, t_cls, len(globals_), temp)
+        loss = dino
         if use_ibot:
             s_patch = patch_head(tokens[:, n_prefix:][masks]).float()
             ibot = self.ibot_criterion(
@@ -210,6 +188,44 @@ class DINOv2(DINO):
         parts |= {"dino/teacher_temp": temp, "dino/momentum": self.teacher_momentum()}
         self.log_loss(loss, parts)
         return loss
+
+    def _teacher_outputs(
+        self, images: Tensor, masks: Tensor, grid: tuple[int, int]
+    ) -> tuple[Tensor, Tensor]:
+        """The teacher on the unmasked global crops (upsampled by ``teacher_scale``):
+        images (G * B, C, H, W), masks (G * B, N) on the student's ``grid`` -> class logits
+        (G * B, K) and the logits (M, K) of the patches the student has masked, its patch tokens
+        pooled onto the student's grid first."""
+        teacher, n_prefix = self.teacher_backbone, self.teacher_backbone.num_prefix_tokens
+        _, teacher_patch_head = self._patch_heads()
+        with torch.no_grad():
+            self.teacher_mode(teacher, self.teacher_head, teacher_patch_head)
+            t_images = self.teacher_view(images)
+            t_tokens = encode_tokens(teacher, embed_tokens(teacher, t_images))
+            t_cls = self.teacher_head(pooled(teacher, t_tokens)).float()
+            t_grid = patch_grid(teacher, t_images.shape[-2:])
+            t_patches = pool_tokens(t_tokens[:, n_prefix:], t_grid, grid)
+            return t_cls, teacher_patch_head(t_patches[masks]).float()
+
+    def _dino_loss(
+        self, s_cls: Tensor, t_cls: Tensor, n_global: int, temp: float
+    ) -> tuple[Tensor, dict[str, Tensor | float]]:
+        """DINO's loss on the class tokens: s_cls (V * B, K) of every view, t_cls (G * B, K) of
+        the global ones; the centre accumulates ``t_cls`` (or Sinkhorn-Knopp replaces it)."""
+        h = self.hparams
+        n_views = s_cls.shape[0] // (t_cls.shape[0] // n_global)
+        students = list(s_cls.chunk(n_views))
+        parts: dict[str, Tensor | float] = {}
+        if h.centering == "sinkhorn_knopp":  # DINOLoss takes logits: softmax(log p / 1) = p
+            t_log = sinkhorn_knopp(t_cls, temp, h.sinkhorn_iters).clamp(min=1e-30).log()
+            zero = torch.zeros_like(self.center())
+            dino = self.criterion(students, list(t_log.chunk(n_global)), zero, 1.0)
+        else:
+            teachers = list(t_cls.chunk(n_global))
+            dino = self.criterion(students, teachers, self.center(), temp)
+            parts = self.collapse_stats(teachers[0], students[0], temp)
+            self.center.accumulate(t_cls)
+        return dino, {**parts, "dinov2/dino": dino.detach()}
 
     default_clip_rule = "per_module"  # DINOv2: the backbone's and each head's norm (3.0)
 
