@@ -12,18 +12,18 @@ from __future__ import annotations
 import difflib
 import inspect
 import math
-import types
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from acclimate.errors import AcclimateError, ConfigError
 from acclimate.rules import RULES, available_accelerators
+from acclimate.signatures import check_type, signature_params, type_name
 
 COMMAND_LINE = "the command line"
 TOP_LEVEL_SCALARS: dict[str, Any] = {"name": str, "seed": int, "run_dir": str | None}
@@ -50,7 +50,7 @@ def _sections() -> dict[str, Callable[..., Any]]:
     from acclimate.backbones import create_backbone
     from acclimate.data.datamodule import SSLDataModule
     from acclimate.data.transforms import MultiCropTransform
-    from acclimate.eval.evaluate import EvalSettings
+    from acclimate.eval.protocol import EvalSettings
     from acclimate.ssl.optim import OptimSettings
     from acclimate.trainer_settings import TrainerSettings
 
@@ -197,67 +197,6 @@ def _suggest(key: str, options: Sequence[str]) -> str:
     return f"{hint}valid keys: {', '.join(sorted(options))}"
 
 
-def signature_params(fn: Callable[..., Any], skip: set[str] = frozenset()) -> dict[str, Any]:
-    """Parameter name -> (annotation, default) of a callable (for a class, of its __init__).
-
-    A class whose ``__init__`` takes ``**kwargs`` passes them to its parent's (as `DINOv2` does
-    to `DINO`): the parent's parameters are the class's too."""
-    target = fn.__init__ if inspect.isclass(fn) else fn
-    hints = typing.get_type_hints(target)
-    out, forwards = {}, False
-    for name, p in inspect.signature(target).parameters.items():
-        forwards |= p.kind == p.VAR_KEYWORD
-        if name == "self" or name in skip or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
-            continue
-        out[name] = (hints.get(name, Any), p.default)
-    if forwards and inspect.isclass(fn):
-        parent = next((c for c in fn.__mro__[1:] if "__init__" in vars(c)), None)
-        if parent is not None and parent is not object:
-            for name, value in signature_params(parent, skip).items():
-                out.setdefault(name, value)
-    return out
-
-
-def check_type(value: Any, annotation: Any) -> bool:
-    """Whether a YAML value fits a type hint (int fits float; lists fit tuples)."""
-    if annotation is Any or annotation is inspect.Parameter.empty:
-        return True
-    origin = typing.get_origin(annotation)
-    args = typing.get_args(annotation)
-    if origin in (Union, types.UnionType):
-        return any(check_type(value, a) for a in args)
-    if origin is Literal:
-        return value in args
-    if annotation is type(None):
-        return value is None
-    if annotation is bool:
-        return isinstance(value, bool)
-    if annotation is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if annotation is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if annotation is str:
-        return isinstance(value, str)
-    if origin in (list, tuple, Sequence, typing.Sequence) or annotation in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            return False
-        if not args:
-            return True
-        if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
-            return len(value) == len(args) and all(map(check_type, value, args))
-        return all(check_type(v, args[0]) for v in value)
-    if origin is dict or annotation is dict:
-        return isinstance(value, dict)
-    if isinstance(annotation, type):
-        return isinstance(value, annotation)
-    return True
-
-
-def _type_name(annotation: Any) -> str:
-    text = str(annotation).replace("typing.", "")
-    return getattr(annotation, "__name__", text) if not typing.get_args(annotation) else text
-
-
 def _check_section(recipe: Recipe, section: str, fn: Callable[..., Any], given: dict) -> dict:
     """Validate ``given`` against ``fn``'s signature; return it with defaults filled in."""
     params = signature_params(fn, skip=RESERVED.get(section, set()))
@@ -267,7 +206,7 @@ def _check_section(recipe: Recipe, section: str, fn: Callable[..., Any], given: 
             _fail(recipe, dotted, f"unknown key; {_suggest(key, list(params))}")
         annotation, _ = params[key]
         if not check_type(value, annotation):
-            _fail(recipe, dotted, f"expected {_type_name(annotation)}, got {value!r}")
+            _fail(recipe, dotted, f"expected {type_name(annotation)}, got {value!r}")
     missing = [k for k, (_, d) in params.items() if d is inspect.Parameter.empty and k not in given]
     if missing:
         _fail(recipe, f"{section}.{missing[0]}", "required key is missing")
@@ -284,7 +223,7 @@ def validate(recipe: Recipe, default_name: str = "run") -> Recipe:
             _fail(recipe, key, f"unknown section; {_suggest(key, sorted(known))}")
     for key, annotation in TOP_LEVEL_SCALARS.items():
         if key in data and not check_type(data[key], annotation):
-            _fail(recipe, key, f"expected {_type_name(annotation)}, got {data[key]!r}")
+            _fail(recipe, key, f"expected {type_name(annotation)}, got {data[key]!r}")
     out: dict[str, Any] = {
         "name": data.get("name", default_name),
         "seed": data.get("seed", 0),
