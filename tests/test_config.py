@@ -10,7 +10,7 @@ import pytest
 from acclimate.backbones import create_backbone
 from acclimate.config import COMMAND_LINE, ConfigError, construct, load_recipe
 from acclimate.data.transforms import MultiCropTransform
-from acclimate.eval.evaluate import EvalSettings
+from acclimate.eval.protocol import EvalSettings
 from acclimate.ssl import METHODS, OptimSettings
 from acclimate.trainer_settings import TrainerSettings
 

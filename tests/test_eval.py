@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -10,10 +11,10 @@ import torch
 from torch import Tensor
 
 from acclimate.backbones import create_backbone
-from acclimate.eval.evaluate import EvalSettings, score_features
 from acclimate.eval.features import extract_features, features_of
 from acclimate.eval.knn import knn_accuracy, knn_predict
 from acclimate.eval.linear import LinearProbe, train_linear_probe
+from acclimate.eval.protocol import EvalSettings, Protocol, protocol_knn, score_features
 
 # --- weighted kNN ------------------------------------------------------------------------------
 
@@ -203,3 +204,28 @@ def test_training_probe_and_evaluate_report_one_linear_figure() -> None:
     assert ours["linear_top1"] == pytest.approx(report["linear_top1"], abs=1e-6)
     assert ours["probe_weight_decay"] == report["linear"]["weight_decay"]
     assert ours["knn_top1"] == report["knn_top1"]
+    assert protocol_knn((x, y), (x_test, y_test), EvalSettings()) == ours["knn_top1"]  # monitor
+
+
+def test_one_protocol_class_behind_the_recipe_and_the_report() -> None:
+    """The recipe's eval: keys stay what they were; the protocol's fields live once (Protocol),
+    and the recipe, the report and the card's record all carry the same ones."""
+    from acclimate.config import signature_params
+    from acclimate.eval.report import ReportSettings
+
+    recipe_keys = {
+        "data", "train_split", "test_split", "every_n_epochs", "knn_k", "knn_temperature",
+        "probe_weight_decays", "probe_val_fraction", "probe_weight_decay", "max_train_images",
+        "max_test_images", "before_after", "batch_size", "num_workers", "pictures", "n_pictures",
+        "projector_images", "reference_size", "features",
+    }  # fmt: skip
+    assert set(signature_params(EvalSettings)) == recipe_keys
+    protocol = {f.name for f in fields(Protocol)}
+    assert protocol <= recipe_keys and protocol <= set(signature_params(ReportSettings))
+    record = EvalSettings(knn_k=7, features="last2", pictures=False).as_record()
+    assert set(record) == protocol and Protocol.from_record(record) == Protocol(
+        knn_k=7, features="last2"
+    )
+    assert "kNN (k=7" in Protocol.from_record(record).describe()
+    with pytest.raises(ValueError, match="probe_val_fraction"):
+        Protocol(probe_val_fraction=1.0)

@@ -18,8 +18,8 @@ from acclimate.data import ImageDataset, open_source
 from acclimate.data.datamodule import SSLDataModule, eval_loader
 from acclimate.data.readers import ReadOptions, read_image
 from acclimate.data.transforms import EvalTransform
-from acclimate.eval.evaluate import EvalSettings, evaluate_backbone, labelled_splits
 from acclimate.eval.features import extract_features, extract_features_indexed
+from acclimate.eval.protocol import EvalSettings, evaluate_backbone, labelled_splits
 from acclimate.export.load import resolve_model
 
 WINDOW = [2000.0, 3000.0]

@@ -14,12 +14,12 @@ from torch import Tensor
 
 from acclimate.cli import main
 from acclimate.data.transforms import EvalTransform
-from acclimate.eval.evaluate import EvalSettings, labelled_splits
 from acclimate.eval.fewshot import fewshot_probe, sample_shots
 from acclimate.eval.knn import knn_accuracy
 from acclimate.eval.linear import train_linear_probe
 from acclimate.eval.metrics import classification_metrics
-from acclimate.eval.report import ReportSettings, measure_features, split_features
+from acclimate.eval.protocol import EvalSettings, labelled_splits, split_features
+from acclimate.eval.report import ReportSettings, measure_features
 from acclimate.eval.retrieval import retrieval_metrics
 from acclimate.eval.sweep import stratified_split, sweep_linear_probe
 from acclimate.export.artifact import export_backbone
@@ -47,6 +47,13 @@ def test_classification_metrics_match_definitions() -> None:
     assert m["macro_f1"] == pytest.approx(sum(f1s) / 4)
     assert m["balanced_accuracy"] == pytest.approx(sum(recalls) / 4)
     assert m["top1"] == pytest.approx(sum(int(a == b) for a, b in zip(y, p, strict=True)) / 10)
+    wider = classification_metrics(y, p, 6)  # classes 4, 5 never occur: left out of the means
+    assert wider["macro_f1"] == pytest.approx(m["macro_f1"])
+    assert wider["balanced_accuracy"] == pytest.approx(m["balanced_accuracy"])
+    assert wider["confusion"][4] == [0] * 6
+    only_predicted = classification_metrics(torch.tensor([0, 0, 1]), torch.tensor([0, 2, 1]), 3)
+    assert only_predicted["balanced_accuracy"] == pytest.approx((1 / 2 + 1) / 2)  # true classes
+    assert only_predicted["macro_f1"] == pytest.approx((2 / 3 + 1 + 0) / 3)  # 2 is predicted
 
 
 def brute_force_retrieval(g, gy, q, qy, k: int) -> tuple[float, float]:
@@ -157,9 +164,10 @@ def test_evaluate_writes_a_consistent_report(tmp_path, tiny_dataset, two_models,
     # the same numbers computed directly from the features of the export
     m = result["models"][str(export)]
     r = resolve_model(str(export))
-    sources = labelled_splits(str(tiny_dataset), 3, EvalSettings())
+    protocol = EvalSettings(num_workers=0)
+    sources = labelled_splits(str(tiny_dataset), 3, protocol)
     tf = EvalTransform(r.image_size, r.mean, r.std)
-    (xtr, ytr), (xte, yte) = split_features(r.model, sources, tf, num_workers=0)
+    (xtr, ytr), (xte, yte) = split_features(r.model, sources, tf, protocol)
     assert (m["n_train"], m["n_test"]) == (36, 18)
     for k in (10, 20):
         assert m["knn"][str(k)] == pytest.approx(knn_accuracy(xtr, ytr, xte, yte, k))
@@ -174,7 +182,7 @@ def test_evaluate_writes_a_consistent_report(tmp_path, tiny_dataset, two_models,
     )
     f = m["forgetting"]  # the same probe on the source-domain features
     (ftr, fytr), (fte, fyte) = split_features(
-        r.model, labelled_splits(str(source), 3, EvalSettings()), tf, num_workers=0
+        r.model, labelled_splits(str(source), 3, protocol), tf, protocol
     )
     assert (f["n_train"], f["n_test"]) == (18, 9)
     source_probe = train_linear_probe(ftr, fytr, 3, f["linear"]["weight_decay"])
@@ -193,12 +201,14 @@ def test_evaluate_writes_a_consistent_report(tmp_path, tiny_dataset, two_models,
     card = (export / "README.md").read_text()
     assert "Evaluation report" in card and "**this export**" in card
     assert f"{m['macro_f1']:.4f}" in card
+    assert "Protocol: frozen `pooled` features; weighted kNN (k=20" in card
+    assert meta["evaluation"]["protocol"]["max_test_images"] == 10000  # --max-images
 
 
 def test_measure_features_without_optional_parts() -> None:
     x, y = _blobs(10, seed=3)
     xt, yt = _blobs(4, seed=4)
-    s = ReportSettings(knn_ks=(5,), weight_decays=(1e-3,))
+    s = ReportSettings(knn_k=5, knn_ks=(5,), probe_weight_decays=(1e-3,))
     m = measure_features((x, y), (xt, yt), s, ["a", "b", "c"], fewshot=False, retrieval=False)
     assert "fewshot" not in m and "retrieval" not in m
     assert m["knn_top1"] == m["knn"]["5"] and m["classes"] == ["a", "b", "c"]

@@ -32,8 +32,13 @@ from acclimate.data.readers import (
 from acclimate.data.stats import source_stats
 from acclimate.data.transforms import EvalTransform, MultiCropTransform
 from acclimate.errors import AcclimateError
-from acclimate.eval.evaluate import EvalSettings, evaluate_backbone, labelled_splits
-from acclimate.eval.report import ReportSettings, measure_features, split_features
+from acclimate.eval.protocol import (
+    EvalSettings,
+    evaluate_backbone,
+    labelled_splits,
+    split_features,
+)
+from acclimate.eval.report import ReportSettings, measure_features
 from acclimate.export.load import reader_options
 
 tifffile = pytest.importorskip("tifffile")
@@ -313,13 +318,13 @@ def test_evaluate_and_embed_never_write_nan_rows(tmp_path: Path, caplog, capsys)
     settings = EvalSettings(batch_size=8, num_workers=0)
     sources = labelled_splits(str(root), 3, settings)
     with caplog.at_level(logging.WARNING):
-        train, test = split_features(model, sources, tf, batch_size=8, num_workers=0)
+        train, test = split_features(model, sources, tf, settings)
     assert train.left_out == {str(bad_train): "not finite"}
     assert test.left_out == {str(bad_test): "not finite"}
     assert train[0].shape[0] == 15 and test[0].shape[0] == 12
     assert bool(torch.isfinite(train[0]).all() and torch.isfinite(test[0]).all())
     assert "huge.tif ([not finite]" in caplog.text
-    rs = ReportSettings(knn_ks=(3,), weight_decays=(1e-3,), shots=(1,), seeds=(0,))
+    rs = ReportSettings(knn_k=3, knn_ks=(3,), probe_weight_decays=(1e-3,), shots=(1,), seeds=(0,))
     metrics = measure_features(train, test, rs, sources[0].classes)
     assert metrics["n_test"] == 12 and metrics["linear_top1"] >= 0.8  # 3 classes: chance 1/3
     assert metrics["left_out"] == {"train": train.left_out, "test": test.left_out}

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor
 
 from acclimate.fileio import write_json_atomic, write_text_atomic
@@ -60,13 +60,6 @@ def save_features(path: str | Path, feats: Tensor, files: list[str]) -> Path:
         np.save(path, feats.numpy())
     write_text_atomic(files_list_path(path), "".join(f"{f}\n" for f in files))
     return path
-
-
-def load_features(path: str | Path) -> Tensor:
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        return load_file(str(path))["features"]
-    return torch.from_numpy(np.load(path))
 
 
 def _faiss() -> Any:

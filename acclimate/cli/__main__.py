@@ -1,0 +1,7 @@
+"""``python -m acclimate.cli``: the ``acclimate`` command."""
+
+import sys
+
+from acclimate.cli import main
+
+sys.exit(main())
