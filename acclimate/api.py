@@ -20,7 +20,7 @@ class Run:
 
     def summary(self) -> str:
         """One line: linear probe and kNN before -> after."""
-        from acclimate.training import summarize
+        from acclimate.evidence import summarize
 
         return summarize(self.metrics)
 
@@ -49,11 +49,13 @@ def export_run(
     ``student``) to a timm-loadable folder with the run's metrics; returns the folder.
     ``features``: the feature kind recorded for probes and evaluation (default: the run's
     ``eval.features``)."""
-    from acclimate.export.artifact import export_backbone, read_json
+    from acclimate.export.artifact import export_backbone
     from acclimate.export.load import resolve_model
+    from acclimate.export.meta import read_json
 
     resolved = resolve_model(run, which="student" if student else "teacher")
-    meta = resolved.metadata
+    info = resolved.run_info
+    meta = resolved.metadata if info is None else {}  # another export: its acclimate.json
     run = Path(run)
     run_dir = run if run.is_dir() else run.parent.parent
     metrics_file = run_dir / "metrics.json"
@@ -63,13 +65,14 @@ def export_run(
         mean=resolved.mean,
         std=resolved.std,
         image_size=resolved.image_size,
-        recipe=meta.get("recipe"),
+        recipe=resolved.recipe,
         metrics=read_json(metrics_file) if metrics_file.is_file() else {},
         source=resolved.description,
-        bands=meta.get("bands"),
-        statistics=meta.get("statistics"),
-        clip=meta.get("clip"),
+        bands=meta.get("bands") if info is None else info.bands,
+        statistics=meta.get("statistics") if info is None else info.statistics,
+        clip=meta.get("clip") if info is None or info.clip is None else info.clip.to_dict(),
         features=features or resolved.features or "pooled",
+        reader=meta.get("reader") if info is None else info.reader.to_dict(),
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -11,19 +12,27 @@ import lightning.pytorch as pl
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from acclimate.data.datamodule import eval_loader
 from acclimate.errors import TrainingFailed
-from acclimate.eval.evaluate import EvalSettings
-from acclimate.eval.features import extract_features
-from acclimate.eval.knn import knn_accuracy
+from acclimate.eval.protocol import EvalSettings, protocol_knn, split_features
 from acclimate.guard import DIVERGED_HINT, non_finite_tensors
+from acclimate.resume import EPOCH_CHECKPOINT, remove_old_epoch_checkpoints
+from acclimate.run_info import INFO_KEY, RECIPE_KEY, RunInfo
 
 log = logging.getLogger(__name__)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Write to a temporary file in the same folder, fsync, then rename over the target: a run
-    killed mid-save keeps its previous checkpoint intact. Loads with ``weights_only=True``."""
+    killed mid-save keeps its previous checkpoint intact. Loads with ``weights_only=True``.
+
+    Once a periodic epoch checkpoint is in place, only the newest ``keep_epochs`` of them stay
+    (`acclimate.resume.remove_old_epoch_checkpoints`; -1 keeps all). This works on the files,
+    so those of an earlier version or of a moved run folder count too.
+    """
+
+    def __init__(self, keep_epochs: int = -1) -> None:
+        super().__init__()
+        self.keep_epochs = keep_epochs
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None
@@ -53,6 +62,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         finally:
             if tmp.exists():
                 tmp.unlink()
+        if self.keep_epochs >= 0 and EPOCH_CHECKPOINT.fullmatch(path.name):
+            remove_old_epoch_checkpoints(path.parent, self.keep_epochs)  # the new one in place
 
     def load_checkpoint(
         self, path: Any, map_location: Any = None, weights_only: bool | None = None
@@ -61,40 +72,41 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class RunMetadata(pl.Callback):
-    """Store the resolved recipe and normalisation in every checkpoint, under "acclimate", so
-    that a checkpoint alone is enough to rebuild and export its backbone."""
+    """Store the run's `RunInfo` in every checkpoint (under ``"acclimate"``), so that a
+    checkpoint alone is enough to rebuild, evaluate and export its backbone, and the resolved
+    recipe beside it (``"acclimate_recipe"``) as a record."""
 
-    def __init__(self, metadata: dict[str, Any]) -> None:
-        self.metadata = metadata
+    def __init__(self, info: RunInfo, recipe: dict[str, Any]) -> None:
+        self.entry, self.recipe = info.to_dict(), recipe
 
     def on_save_checkpoint(
         self, trainer: pl.Trainer, module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
-        checkpoint["acclimate"] = self.metadata
+        checkpoint[INFO_KEY] = self.entry
+        checkpoint[RECIPE_KEY] = self.recipe
 
 
 class KNNMonitor(pl.Callback):
     """Weighted kNN top-1 of the exported backbone on a labelled split, logged as ``knn/top1``
-    before training (step 0) and every ``every_n_epochs`` epochs, on the features of
-    ``settings.features`` (as the before/after). Runs on global rank 0 only."""
+    before training (step 0) and every ``every_n_epochs`` epochs: the protocol's kNN
+    (``acclimate.eval.protocol``) on its features, as the before/after, with the loader in the
+    main process (no worker processes forked mid-training). Runs on global rank 0 only."""
 
     def __init__(
         self, train_src: Any, test_src: Any, transform: Any, settings: EvalSettings
     ) -> None:
-        self.train_src, self.test_src = train_src, test_src
+        self.sources = (train_src, test_src)
         self.transform = transform
-        self.settings = settings
+        self.settings = replace(settings, num_workers=0)
 
     def _measure(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
-        s = self.settings
         model = module.export_backbone()
-        feats = [
-            extract_features(model, eval_loader(src, self.transform, s.batch_size, 0), s.features)
-            for src in (self.train_src, self.test_src)
-        ]
-        acc = knn_accuracy(*feats[0], *feats[1], k=s.knn_k, temperature=s.knn_temperature)
+        train, test = split_features(
+            model, self.sources, self.transform, self.settings, progress=False
+        )
+        acc = protocol_knn(train, test, self.settings)
         log.info("kNN top-1 at step %d: %.4f", trainer.global_step, acc)
         for lg in trainer.loggers:
             lg.log_metrics({"knn/top1": acc}, step=trainer.global_step)

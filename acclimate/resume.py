@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -279,11 +280,33 @@ def _alive(pid: int) -> bool:
     return True
 
 
+EPOCH_CHECKPOINT = re.compile(r"epoch\d+(-v\d+)?\.ckpt")  # trainer_settings' periodic ones
+
+
+def remove_old_epoch_checkpoints(checkpoint_dir: Path, keep: int) -> list[Path]:
+    """Delete all but the newest ``keep`` periodic epoch checkpoints (``epochNNN.ckpt``) of a
+    run; ``last.ckpt`` and step checkpoints are left alone. Called once a new one is in place."""
+    epochs = [p for p in _newest_first(checkpoint_dir) if EPOCH_CHECKPOINT.fullmatch(p.name)]
+    removed = []
+    for old in epochs[keep:]:
+        try:
+            old.unlink()
+            removed.append(old)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:  # a full or read-only disk says so elsewhere; training goes on
+            log.warning("could not remove the old checkpoint %s: %s", old, exc)
+    return removed
+
+
 def checkpoints_newest_first(run_dir: str | Path) -> list[Path]:
     """The complete checkpoints of a run (``checkpoints/*.ckpt``), newest first (``last.ckpt``
     first among equals). Checkpoints are written to a temporary name and renamed, so every
     ``.ckpt`` file here is complete."""
-    folder = Path(run_dir) / "checkpoints"
+    return _newest_first(Path(run_dir) / "checkpoints")
+
+
+def _newest_first(folder: Path) -> list[Path]:
     if not folder.is_dir():
         return []
     files = [p for p in folder.glob("*.ckpt") if p.is_file()]

@@ -246,6 +246,7 @@ RULES: dict[str, Rule] = {
     "trainer.gradient_clip_val": Range(0, note="null disables clipping"),
     "trainer.log_every_n_steps": COUNT,
     "trainer.checkpoint_every_n_epochs": ZERO_OK,
+    "trainer.keep_checkpoints": Range(1, also=((-1, "keep all"),)),
     "trainer.checkpoint_every_n_steps": ZERO_OK,
     "trainer.limit_train_batches": _limit_batches,
     "trainer.timeout_s": POSITIVE,
@@ -305,5 +306,3 @@ RULES: dict[str, Rule] = {
 # Numeric keys whose only rule is to be finite (every number in a recipe must be): values in the
 # data's own units, and band indices (checked against data.channels).
 FREE_NUMBERS = {"data.mean", "data.nodata", "data.nodata_fill", "data.bands"}
-
-

@@ -38,7 +38,12 @@ class TrainerSettings:
             (``optim.clip_rule``: DINO clips each parameter's gradient norm, DINOv2 each
             sub-module's, the contrastive methods and MAE do not clip); null disables.
         log_every_n_steps: TensorBoard logging period.
-        checkpoint_every_n_epochs: keep a periodic checkpoint besides ``last.ckpt``.
+        checkpoint_every_n_epochs: write a periodic checkpoint (``epochNNN.ckpt``) every N
+            epochs besides ``last.ckpt``; 0 writes none.
+        keep_checkpoints: how many periodic epoch checkpoints to keep, the newest ones (older
+            ones are removed once a newer one is written; ``last.ckpt`` is always kept); -1
+            keeps all. Raise it to compare epochs later; lower it when many short epochs (a
+            time budget) would fill the disk.
         checkpoint_every_n_steps: also checkpoint every N optimisation steps (the newest one is
             kept), so a killed run loses at most N steps; 0 disables. Resume is exact from any
             checkpoint: it holds the data position and random-number state.
@@ -71,6 +76,7 @@ class TrainerSettings:
     gradient_clip_val: float | None = 3.0
     log_every_n_steps: int = 10
     checkpoint_every_n_epochs: int = 1
+    keep_checkpoints: int = 3
     checkpoint_every_n_steps: int = 0
     timeout_s: float = 1800.0
     collapse_spread: float = 0.02
@@ -98,7 +104,7 @@ class TrainerSettings:
 
     def build(self, run_dir: Path, callbacks: list[pl.Callback], seed: int = 0) -> pl.Trainer:
         folder = run_dir / "checkpoints"
-        ckpt = ModelCheckpoint(
+        ckpt = ModelCheckpoint(  # all written; AtomicCheckpointIO keeps keep_checkpoints
             dirpath=folder,
             filename="epoch{epoch:03d}",
             auto_insert_metric_name=False,
@@ -146,7 +152,7 @@ class TrainerSettings:
             sync_batchnorm=self.sync_batchnorm,
             logger=TensorBoardLogger(str(run_dir), name="tensorboard", version=""),
             callbacks=callbacks,
-            plugins=[AtomicCheckpointIO()],
+            plugins=[AtomicCheckpointIO(keep_epochs=self.keep_checkpoints)],
             use_distributed_sampler=False,  # ResumableSampler shards the data itself
             num_sanity_val_steps=0,
             limit_val_batches=0,

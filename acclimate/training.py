@@ -7,15 +7,18 @@ import json
 import logging
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from torch import nn
 
 from acclimate.adapters import (
     AdapterCheckpoint,
     AdapterError,
+    AdapterReport,
     AdapterSettings,
     apply_adapter,
     base_reference,
@@ -24,23 +27,22 @@ from acclimate.backbones import create_backbone
 from acclimate.backbones.layout import channels_last, has_convolutions
 from acclimate.budget import TimeBudget, parse_duration
 from acclimate.callbacks import KNNMonitor, RunMetadata
-from acclimate.config import Recipe, construct, load_recipe, recipe_error
+from acclimate.config import Recipe, construct, load_recipe
 from acclimate.data.datamodule import SSLDataModule, describe_normalization
-from acclimate.data.dataset import read_bad_file_log
-from acclimate.data.sources import canonical_split
-from acclimate.data.transforms import EvalTransform, MultiCropTransform
-from acclimate.errors import AcclimateError, ConfigError
-from acclimate.eval.evaluate import (
-    EvalSettings,
-    evaluate_backbone,
-    held_out_split,
-    labelled_splits,
+from acclimate.data.transforms import MultiCropTransform
+from acclimate.errors import ConfigError
+from acclimate.evidence import (
+    Evaluation,
+    Normalization,
+    after_training,
+    before_evaluation,
+    build_evaluation,
 )
-from acclimate.eval.features import check_kind
-from acclimate.fileio import write_json_atomic, write_text_atomic
+from acclimate.fileio import write_text_atomic
 from acclimate.preflight import check_run_dir, estimate_checkpoint_bytes, load_checkpoint_file
 from acclimate.resume import latest_checkpoint, remove_orphans
-from acclimate.ssl import METHODS, OptimSettings
+from acclimate.run_info import BackboneRef, RunInfo, clip_entry, run_info_of
+from acclimate.ssl import METHODS, OptimSettings, SSLModule
 from acclimate.trainer_settings import TrainerSettings
 
 log = logging.getLogger(__name__)
@@ -79,7 +81,7 @@ def check_resumable(run_dir: str | Path) -> Path:
     ckpt = latest_checkpoint(run_dir)
     if ckpt is None:
         raise ConfigError(f"{run_dir}: no checkpoint in checkpoints/ to resume from")
-    load_checkpoint_file(ckpt)
+    run_info_of(load_checkpoint_file(ckpt), ckpt)  # its run info readable, too
     return ckpt
 
 
@@ -88,62 +90,6 @@ def _log_to_file(run_dir: Path) -> logging.Handler:
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(handler)
     return handler
-
-
-TEST_SEEN_WARNING = (
-    "the evaluation test images are part of the training source: self-supervised training saw "
-    "them (without labels), so the held-out accuracies are optimistic; give the source a "
-    "train/test split (data.train_split: auto) or a separate eval.data to hold them out"
-)
-
-
-def _same_source(a: str, b: str) -> bool:
-    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
-
-
-def _eval_sources(recipe: Recipe, dm: SSLDataModule) -> tuple[tuple[Any, Any] | None, bool]:
-    """(train, test) evaluation sources read like the training images (``dm.options``), or None
-    without labelled data; and whether the test images are among the training images."""
-    settings = EvalSettings(**recipe.section("eval"))
-    spec = settings.data
-    if spec is None:
-        if not dm.source.has_labels:
-            log.warning(
-                "no labelled data for evaluation (eval.data): no kNN monitor, no before/after"
-            )
-            return None, False
-        spec = dm.spec
-    sources = labelled_splits(spec, dm.channels, settings, dm.options)
-    test = held_out_split(spec, settings)
-    seen = _same_source(spec, dm.spec) and (
-        dm.split is None or test is None or canonical_split(dm.split) == test
-    )
-    if seen:
-        log.warning(TEST_SEEN_WARNING)
-    return sources, seen
-
-
-_save_json = write_json_atomic
-
-
-def summarize(metrics: dict[str, Any]) -> str:
-    """One line: linear-probe and kNN accuracy before -> after adaptation."""
-    b, a = metrics.get("before"), metrics.get("after")
-    if not (b and a):
-        return "no before/after evaluation (no labelled eval data)"
-    line = (
-        f"linear probe {b['linear_top1']:.4f} -> {a['linear_top1']:.4f} "
-        f"({a['linear_top1'] - b['linear_top1']:+.4f}), "
-        f"kNN {b['knn_top1']:.4f} -> {a['knn_top1']:.4f} ({a['knn_top1'] - b['knn_top1']:+.4f}) "
-        f"on {a['n_test']} held-out images"
-    )
-    ref = metrics.get("start_at_reference_size")
-    if ref:
-        line += (
-            f"; the start fed {ref['image_size']} px: linear {ref['linear_top1']:.4f}, "
-            f"kNN {ref['knn_top1']:.4f}"
-        )
-    return line
 
 
 def train(
@@ -165,10 +111,54 @@ def train(
         logging.getLogger().removeHandler(handler)
 
 
+@dataclass
+class _Model:
+    """The method module that trains, the frozen start it is measured against (None once
+    measured) and what the adapter made of the backbone."""
+
+    module: SSLModule
+    start: nn.Module | None
+    adapter: AdapterSettings
+    report: AdapterReport
+    base: dict[str, Any]
+
+
 def _train(recipe: Recipe, run_dir: Path, resume: bool) -> tuple[Path, dict[str, Any]]:
     started = time.monotonic()
     pl.seed_everything(recipe.data["seed"], workers=True)
     torch.set_float32_matmul_precision("high")
+    backbone, dm, norm = _build_data(recipe, run_dir)
+    model = _build_model(recipe, backbone, dm.batch_size)
+    settings = construct(recipe, "trainer", TrainerSettings)
+    if settings.channels_last and has_convolutions(model.module):
+        channels_last(model.module)  # student, teachers and the frozen start alike
+        channels_last(model.start)
+    ev = build_evaluation(recipe, dm, model.start, norm)  # type: ignore[arg-type]
+    info = _run_info(recipe, dm, norm, model.adapter, ev.settings.features)
+    trainer = _build_trainer(recipe, run_dir, resume, settings, info, model, ev)
+
+    metrics_path = run_dir / "metrics.json"
+    metrics: dict[str, Any] = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+    do_eval = ev.sources is not None and ev.settings.before_after and trainer.is_global_zero
+    eval_s = before_evaluation(
+        model.start, model.module.device, ev, trainer, metrics, metrics_path, do_eval
+    )
+    model.start = None  # the start's memory back before training
+    if settings.max_time is not None:
+        _set_deadline(trainer, settings, started, eval_s)
+
+    ckpt = latest_checkpoint(run_dir) if resume else None
+    if ckpt is not None:
+        log.info("resuming from %s", ckpt)
+    trainer.fit(model.module, datamodule=dm, ckpt_path=ckpt and str(ckpt), weights_only=True)
+    after_training(model.module, ev, trainer, run_dir, metrics, metrics_path, do_eval)
+    return run_dir, metrics
+
+
+def _build_data(recipe: Recipe, run_dir: Path) -> tuple[nn.Module, SSLDataModule, Normalization]:
+    """The starting backbone, the data module with its augmentation, and the normalisation
+    (mean, std, clip bounds) resolved on the training data; the resolved recipe (these values
+    written into it) is saved as the run's ``recipe.yaml``."""
     backbone = construct(recipe, "backbone", create_backbone)
     dm = construct(recipe, "data", SSLDataModule, bad_file_log=run_dir / "bad_files.txt")
     dm.seed = recipe.data["seed"]
@@ -185,7 +175,12 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool) -> tuple[Path, dict[str,
         recipe, "augment", MultiCropTransform, mean=mean, std=std, channels=dm.channels, clip=clip
     )
     write_text_atomic(run_dir / "recipe.yaml", recipe.to_yaml())
+    return backbone, dm, Normalization(mean, std, clip)
 
+
+def _build_model(recipe: Recipe, backbone: nn.Module, batch_size: int) -> _Model:
+    """The adapter applied to ``backbone`` and the method module around it, with a frozen
+    copy of the start for the before-evaluation."""
     optim = construct(recipe, "optim", OptimSettings)
     start = copy.deepcopy(backbone).eval()
     adapter = construct(recipe, "adapter", AdapterSettings)
@@ -199,35 +194,51 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool) -> tuple[Path, dict[str,
         log.warning("optim.freeze_norm_stats is false: frozen BatchNorm layers still re-estimate")
     method_cls = METHODS[recipe.data["method"]["name"]]
     module = construct(
-        recipe, "method", method_cls, backbone=backbone, batch_size=dm.batch_size, optim=optim
+        recipe, "method", method_cls, backbone=backbone, batch_size=batch_size, optim=optim
+    )
+    return _Model(module, start, adapter, report, base)
+
+
+def _run_info(
+    recipe: Recipe,
+    dm: SSLDataModule,
+    norm: Normalization,
+    adapter: AdapterSettings,
+    features: str,
+) -> RunInfo:
+    """The `RunInfo` that every checkpoint of this run carries."""
+    mean, std, clip = norm
+    bands = dm.band_names  # names in input order, for the export
+    return RunInfo(
+        backbone=BackboneRef(**recipe.section("backbone")),
+        method=recipe.data["method"]["name"],
+        image_size=dm.image_size,
+        channels=dm.channels,
+        mean=tuple(mean),
+        std=tuple(std),
+        adapter=adapter,
+        features=features,
+        bands=None if bands is None else tuple(bands),
+        reader=dm.options,  # how files are read (bands, window, slices, nodata fill)
+        statistics=dm.stats or (dm.statistics() if dm.stats_file else None),
+        clip=clip_entry(dm.clip, clip),
     )
 
-    settings = construct(recipe, "trainer", TrainerSettings)
-    if settings.channels_last and has_convolutions(module):
-        channels_last(module)  # student, teachers and the frozen start alike
-        channels_last(start)
-    eval_settings = EvalSettings(**recipe.section("eval"))
-    try:  # one line before any work: the backbone cannot give these features
-        check_kind(start, eval_settings.features)
-    except AcclimateError as e:
-        raise recipe_error(recipe, "eval.features", str(e)) from None
-    sources, test_images_seen = _eval_sources(recipe, dm)
-    eval_tf = EvalTransform(dm.image_size, mean, std, clip)
-    callbacks: list[pl.Callback] = [
-        RunMetadata(
-            {
-                "recipe": recipe.data,
-                "mean": mean,
-                "std": std,
-                "image_size": dm.image_size,
-                "channels": dm.channels,
-                "bands": dm.band_names,  # names in input order, for the export
-                "reader": dm.options.to_dict(),  # how files are read (bands, window, slices)
-                "statistics": dm.stats or (dm.statistics() if dm.stats_file else None),
-                "clip": clip_metadata(dm.clip, clip),
-            }
-        )
-    ]
+
+def _build_trainer(
+    recipe: Recipe,
+    run_dir: Path,
+    resume: bool,
+    settings: TrainerSettings,
+    info: RunInfo,
+    model: _Model,
+    ev: Evaluation,
+) -> pl.Trainer:
+    """The Trainer with the run's callbacks (metadata, monitors, adapter checkpoints), its
+    parameter counts logged, and room for the checkpoints checked."""
+    sources, eval_tf, eval_settings = ev.sources, ev.transform, ev.settings
+    mean, std, _ = ev.norm
+    callbacks: list[pl.Callback] = [RunMetadata(info, recipe.data)]
     if sources is not None and eval_settings.every_n_epochs > 0:
         callbacks.append(KNNMonitor(*sources, eval_tf, eval_settings))
     if sources is not None and eval_settings.pictures and eval_settings.every_n_epochs > 0:
@@ -245,91 +256,34 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool) -> tuple[Path, dict[str,
                 eval_settings.batch_size,
             )
         )
-    if adapter.active:
-        callbacks.append(AdapterCheckpoint(base, adapter.save_base))
+    if model.adapter.active:
+        callbacks.append(AdapterCheckpoint(model.base, model.adapter.save_base))
     trainer = settings.build(run_dir, callbacks, seed=recipe.data["seed"])
+    report = model.report
     params = {"params/backbone_trainable": report.trainable, "params/backbone_total": report.total}
     for lg in trainer.loggers if not resume else []:
         lg.log_hyperparams(params)
         lg.log_metrics({**params, "params/backbone_trainable_pct": report.percent}, step=0)
-
     if trainer.is_global_zero:  # before the before-evaluation: room for the checkpoints
         remove_orphans(run_dir / "checkpoints")
-        check_run_dir(run_dir, estimate_checkpoint_bytes(module))
-    metrics_path = run_dir / "metrics.json"
-    metrics: dict[str, Any] = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
-    if sources is not None and trainer.is_global_zero:
-        metrics["test_images_seen_in_pretraining"] = test_images_seen  # saved with the results
-        if test_images_seen:
-            _save_json(metrics_path, metrics)
-    do_eval = sources is not None and eval_settings.before_after and trainer.is_global_zero
-    evaluated, eval_s = time.monotonic(), 0.0
-    if do_eval and "before" not in metrics:
-        log.info("measuring the starting backbone (frozen features, kNN + linear probe)")
-        metrics["before"], _ = evaluate_backbone(
-            start, *sources, eval_tf, eval_settings, device=module.device
-        )
-        _save_json(metrics_path, metrics)
-        log.info("before: %s", metrics["before"])
-        eval_s = time.monotonic() - evaluated  # what the after-evaluation will take again
-        size = eval_settings.reference_size
-        if size:  # the start fed the images upsampled: what it knows but does not show
-            log.info("measuring the starting backbone on images resized to %d px", size)
-            ref_tf = EvalTransform(size, mean, std, clip)
-            metrics["start_at_reference_size"], _ = evaluate_backbone(
-                start, *sources, ref_tf, eval_settings, device=module.device
-            )
-            metrics["start_at_reference_size"]["image_size"] = size
-            _save_json(metrics_path, metrics)
-            log.info("the start at %d px: %s", size, metrics["start_at_reference_size"])
-    del start
-    if settings.max_time is not None:
-        budget = next(c for c in trainer.callbacks if isinstance(c, TimeBudget))
-        reserve = 1.2 * eval_s + 5.0  # the after-evaluation (as long as the before one), saving
-        budget.deadline = started + parse_duration(settings.max_time).total_seconds() - reserve
-        log.info(
-            "time budget %s: %.0f s of it left for training (%.0f s kept for the evaluation)",
-            settings.max_time,
-            budget.deadline - time.monotonic(),
-            reserve,
-        )
-
-    ckpt = latest_checkpoint(run_dir) if resume else None
-    if ckpt is not None:
-        log.info("resuming from %s", ckpt)
-    trainer.fit(module, datamodule=dm, ckpt_path=ckpt and str(ckpt), weights_only=True)
-
-    bad = read_bad_file_log(run_dir / "bad_files.txt")
-    if bad:
-        log.warning(
-            "%d unreadable file(s) were skipped; list in %s", len(bad), run_dir / "bad_files.txt"
-        )
-        metrics["bad_files"] = len(bad)
-        _save_json(metrics_path, metrics)
-    if do_eval:
-        log.info("measuring the adapted backbone with the same protocol")
-        metrics["after"], _ = evaluate_backbone(
-            module.export_backbone(), *sources, eval_tf, eval_settings, device=module.device
-        )
-        metrics["delta"] = {
-            k: metrics["after"][k] - metrics["before"][k] for k in ("knn_top1", "linear_top1")
-        }
-        _save_json(metrics_path, metrics)
-        for lg in trainer.loggers:
-            lg.log_metrics(
-                {f"final/{k}_delta": v for k, v in metrics["delta"].items()},
-                step=trainer.global_step,
-            )
-    return run_dir, metrics
+        check_run_dir(run_dir, estimate_checkpoint_bytes(model.module))
+    return trainer
 
 
-def clip_metadata(
-    percentiles: tuple[float, float] | None, bounds: tuple[list[float], list[float]] | None
-) -> dict[str, Any] | None:
-    """``data.clip`` as recorded in checkpoints and exports: percentiles and per-channel bounds."""
-    if percentiles is None or bounds is None:
-        return None
-    return {"percentiles": list(percentiles), "low": bounds[0], "high": bounds[1]}
+def _set_deadline(
+    trainer: pl.Trainer, settings: TrainerSettings, started: float, eval_s: float
+) -> None:
+    """The time budget's deadline: the run's start plus ``max_time``, less a reserve for the
+    after-evaluation (as long as the before one) and saving."""
+    budget = next(c for c in trainer.callbacks if isinstance(c, TimeBudget))
+    reserve = 1.2 * eval_s + 5.0  # the after-evaluation (as long as the before one), saving
+    budget.deadline = started + parse_duration(settings.max_time).total_seconds() - reserve
+    log.info(
+        "time budget %s: %.0f s of it left for training (%.0f s kept for the evaluation)",
+        settings.max_time,
+        budget.deadline - time.monotonic(),
+        reserve,
+    )
 
 
 def resume_recipe(run_dir: str | Path, overrides: list[str]) -> Recipe:

@@ -1,4 +1,4 @@
-"""DINO multi-crop throughput, acclimate versus lightly on the same config (DESIGN.md "Speed").
+"""DINO multi-crop throughput, acclimate versus lightly on the same config (issue 11's targets).
 
 Config (both sides): timm ``tf_efficientnet_lite0`` with random weights, the EuroSAT sample
 (``samples/eurosat/train``, 64 px JPEGs), 2 global crops of 64 px + 4 local crops of 32 px with
@@ -25,7 +25,7 @@ Measured, each in its own process (so that thread settings and caches do not lea
   same load: lightly's loop step, acclimate's DINO step through the hooks Lightning calls
   (schedules, ``training_step``, backward, clipping, ``optimizer_step`` + EMA; a stub instead
   of the Trainer, no logging) and a plain forward + backward + AdamW of the bare backbone on
-  the same crops (one pass per crop size): the DESIGN's "plain" step.
+  the same crops (one pass per crop size): the "plain" step of the targets.
 
 acclimate is trained with ``freeze_backbone_epochs=0`` and ``freeze_last_layer_epochs=0`` so that
 it does the same work as lightly (its defaults freeze the backbone / prototype layer for the

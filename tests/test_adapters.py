@@ -29,13 +29,14 @@ from acclimate.adapters import (
     has_lora,
     inject_lora,
     last_blocks,
-    load_adapted_backbone,
     matches,
     merge_lora,
 )
 from acclimate.backbones import create_backbone
 from acclimate.cli import main
 from acclimate.config import ConfigError, load_recipe
+from acclimate.export.load import load_adapted_backbone
+from acclimate.run_info import read_run_info
 from acclimate.ssl import DINO, METHODS, OptimSettings, SSLModule
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec:FutureWarning")
@@ -463,7 +464,7 @@ def _adapted_teacher(run: Path, base: Path) -> nn.Module:
     """The unmerged teacher of a run: base weights + adapter + the checkpoint's tensors."""
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     model = create_backbone("test_vit", weights=str(base)).eval()
-    apply_adapter(model, AdapterSettings(**ckpt["acclimate"]["recipe"]["adapter"]))
+    apply_adapter(model, read_run_info(run / "checkpoints" / "last.ckpt").adapter)
     prefix = "teacher_backbone."
     own = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
     missing, unexpected = model.load_state_dict(own, strict=False)
@@ -478,7 +479,7 @@ def test_save_base_false_needs_base_weights(tmp_path: Path, tiny_dataset: Path, 
     args = ["backbone.weights=null", "adapter.save_base=false", f"run_dir={tmp_path / 'r2'}"]
     assert main(["train", str(recipe), *args]) == 2
     assert "needs base weights" in capsys.readouterr().err
-    meta = json.loads(
-        json.dumps(torch.load(tmp_path / "run_True/checkpoints/last.ckpt")["acclimate"])
-    )
-    assert meta["recipe"]["adapter"]["lora_rank"] == 4
+    ckpt = torch.load(tmp_path / "run_True/checkpoints/last.ckpt", weights_only=True)
+    meta = json.loads(json.dumps(ckpt["acclimate"]))  # run info: plain JSON types
+    assert meta["adapter"]["lora_rank"] == 4
+    assert ckpt["acclimate_recipe"]["adapter"]["lora_rank"] == 4  # the recipe, as a record

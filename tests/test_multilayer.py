@@ -144,7 +144,7 @@ _PRE = {"mean": [0.5] * 3, "std": [0.25] * 3, "image_size": 32}  # preprocessing
 
 
 def test_altered_kind_in_an_export_is_one_line(tmp_path) -> None:
-    from acclimate.export.artifact import ExportFileError
+    from acclimate.export.meta import ExportFileError
 
     out = tmp_path / "export"
     export_backbone(_backbone("test_resnet", 3), out, **_PRE)
@@ -223,20 +223,20 @@ def test_training_evaluate_and_embed_use_the_recipe_kind(
     tmp_path, tiny_dataset, monkeypatch, capsys
 ) -> None:
     import acclimate.callbacks
-    import acclimate.eval.evaluate
+    import acclimate.eval.protocol
 
     seen: dict[str, list[str]] = {"monitor": [], "before/after": []}
     for module, role in (
         (acclimate.callbacks, "monitor"),
-        (acclimate.eval.evaluate, "before/after"),
+        (acclimate.eval.protocol, "before/after"),  # evaluate_backbone's split_features
     ):
-        real = module.extract_features
+        real = module.split_features
 
-        def spy(model, loader, kind="pooled", *args, _real=real, _role=role, **kwargs):
-            seen[_role].append(kind)
-            return _real(model, loader, kind, *args, **kwargs)
+        def spy(model, sources, transform, protocol, *args, _real=real, _role=role, **kwargs):
+            seen[_role].append(protocol.features)
+            return _real(model, sources, transform, protocol, *args, **kwargs)
 
-        monkeypatch.setattr(module, "extract_features", spy)
+        monkeypatch.setattr(module, "split_features", spy)
     recipe = write_recipe(tmp_path, tiny_dataset, "test_vit")
     weights = str(tmp_path / "test_vit.safetensors")
     run = acclimate.train(
@@ -246,7 +246,7 @@ def test_training_evaluate_and_embed_use_the_recipe_kind(
         eval={"features": "last2", "pictures": False},
     )
     assert seen["monitor"] and set(seen["monitor"]) == {"last2"}
-    assert len(seen["before/after"]) == 4 and set(seen["before/after"]) == {"last2"}
+    assert len(seen["before/after"]) == 2 and set(seen["before/after"]) == {"last2"}
     assert run.metrics["before"]["features"] == run.metrics["after"]["features"] == "last2"
     meta = json.loads((run.export / "acclimate.json").read_text())
     assert (meta["features"], meta["feature_dim"]) == ("last2", 192)

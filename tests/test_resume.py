@@ -176,3 +176,41 @@ def test_newest_checkpoint_wins_and_orphans_are_removed(tmp_path):
     assert remove_orphans(folder) == [orphan]
     assert not orphan.exists() and live.exists()
     assert latest_checkpoint(tmp_path / "nothing") is None
+
+
+def test_only_the_newest_epoch_checkpoints_are_kept(tmp_path, tiny_dataset):
+    """trainer.keep_checkpoints: the newest k periodic epoch checkpoints stay, older ones go
+    (also across a resume); last.ckpt always; the run still resumes, exports and evaluates."""
+    from acclimate.cli import main
+
+    recipe = write_recipe(tmp_path, tiny_dataset, "test_resnet")
+    run = tmp_path / "run"
+    quiet = ["eval.before_after=false", "eval.every_n_epochs=0"]
+    args = ["train", str(recipe), f"run_dir={run}", "trainer.max_epochs=4", *quiet]
+    assert main([*args, "trainer.keep_checkpoints=2"]) == 0
+
+    def names() -> list[str]:
+        return sorted(p.name for p in (run / "checkpoints").glob("*.ckpt"))
+
+    assert names() == ["epoch002.ckpt", "epoch003.ckpt", "last.ckpt"]
+    assert latest_checkpoint(run) == run / "checkpoints" / "last.ckpt"
+    assert main(["train", "--resume", str(run), "trainer.max_epochs=5"]) == 0
+    assert names() == ["epoch003.ckpt", "epoch004.ckpt", "last.ckpt"]
+    assert torch.load(latest_checkpoint(run), weights_only=True)["global_step"] == 5 * 4
+    assert main(["export", str(run), "--out", str(tmp_path / "export")]) == 0
+    data = ["--data", str(tiny_dataset), "--out", str(tmp_path / "report")]
+    assert main(["evaluate", str(run), *data]) == 0
+
+    every = tmp_path / "every"  # -1 keeps them all
+    args = ["train", str(recipe), f"run_dir={every}", "trainer.max_epochs=4", *quiet]
+    assert main([*args, "trainer.keep_checkpoints=-1"]) == 0
+    assert len(list((every / "checkpoints").glob("epoch*.ckpt"))) == 4
+
+
+def test_keep_checkpoints_is_checked_at_load(tmp_path, tiny_dataset):
+    from acclimate.config import ConfigError, load_recipe
+
+    recipe = write_recipe(tmp_path, tiny_dataset, "test_resnet")
+    with pytest.raises(ConfigError, match="trainer.keep_checkpoints"):
+        load_recipe(recipe, ["trainer.keep_checkpoints=0"])
+    assert load_recipe(recipe).data["trainer"]["keep_checkpoints"] == 3

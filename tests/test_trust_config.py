@@ -26,7 +26,7 @@ import acclimate
 from acclimate import config, preflight, rules
 from acclimate.cli import ERROR_EXIT, main
 from acclimate.config import COMMAND_LINE, ConfigError, load_recipe, signature_params
-from acclimate.export.artifact import ExportFileError
+from acclimate.export.meta import ExportFileError
 from acclimate.preflight import (
     CheckpointError,
     PreflightError,
@@ -424,7 +424,7 @@ def test_os_errors_are_one_line_naming_the_path(tmp_path, capsys, monkeypatch, c
     def fail(args: object) -> int:
         raise OSError(code, reason, str(target))
 
-    monkeypatch.setattr("acclimate.cli.cmd_embed", fail)
+    monkeypatch.setattr("acclimate.cli.embed.run_embed", fail)
     assert main(["embed", "m", "imgs", "--out", str(target)]) == ERROR_EXIT
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"acclimate embed: error: {target}: {reason}; {fix}"]

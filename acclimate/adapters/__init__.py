@@ -6,12 +6,7 @@
 """
 
 from acclimate.adapters.apply import ADAPTER_ATTR, AdapterReport, apply_adapter, fingerprint
-from acclimate.adapters.checkpoint import (
-    CKPT_KEY,
-    AdapterCheckpoint,
-    base_reference,
-    load_adapted_backbone,
-)
+from acclimate.adapters.checkpoint import CKPT_KEY, AdapterCheckpoint, base_reference
 from acclimate.adapters.config import AdapterError, AdapterSettings
 from acclimate.adapters.freeze import block_names, count_parameters, last_blocks, trainable_names
 from acclimate.adapters.inject import inject_lora, matches
@@ -34,7 +29,6 @@ __all__ = [
     "has_lora",
     "inject_lora",
     "last_blocks",
-    "load_adapted_backbone",
     "matches",
     "merge_lora",
     "trainable_names",

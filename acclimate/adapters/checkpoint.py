@@ -1,4 +1,5 @@
-"""Small checkpoints for adapted backbones (``adapter.save_base: false``) and loading them back.
+"""Small checkpoints for adapted backbones (``adapter.save_base: false``); loading them back
+is ``acclimate.export.load.load_adapted_backbone``.
 
 A checkpoint then holds the trainable tensors (LoRA, unfrozen blocks, norms), the heads and
 optimiser state, and under ``"acclimate_adapter"`` a reference to the base weights (timm name,
@@ -13,12 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-import torch
 from torch import nn
 
-from acclimate.adapters.apply import ADAPTER_ATTR, apply_adapter, fingerprint
-from acclimate.adapters.config import AdapterError, AdapterSettings
-from acclimate.adapters.merge import merge_lora
+from acclimate.adapters.apply import ADAPTER_ATTR, fingerprint
+from acclimate.adapters.config import AdapterError
 from acclimate.errors import ConfigError
 
 CKPT_KEY = "acclimate_adapter"
@@ -42,7 +41,7 @@ def base_reference(backbone_section: dict[str, Any], model: nn.Module) -> dict[s
     return ref
 
 
-def _same_fingerprint(a: float, b: float) -> bool:
+def same_fingerprint(a: float, b: float) -> bool:
     return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-6)
 
 
@@ -94,50 +93,9 @@ class AdapterCheckpoint(pl.Callback):
                 f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]}); "
                 "was it trained with another adapter: section?"
             )
-        if dropped and not _same_fingerprint(info["base"]["fingerprint"], self.base["fingerprint"]):
+        if dropped and not same_fingerprint(info["base"]["fingerprint"], self.base["fingerprint"]):
             raise ConfigError(
                 f"the base weights {self.base.get('weights')} differ from those the checkpoint "
                 f"was trained from ({info['base'].get('weights')}); the checkpoint holds only the "
                 "adapter tensors, so it needs the very same base weights"
             )
-
-
-def load_adapted_backbone(path: str | Path, prefer: str = "teacher") -> nn.Module:
-    """Rebuild the backbone of a training checkpoint made with an ``adapter:`` section, merged.
-
-    The base model comes from the checkpoint's recipe (or its base-weights reference), the adapter
-    is applied again, the checkpoint's backbone tensors are loaded over it (``teacher_backbone.``
-    or ``backbone.``, after ``prefer``), and LoRA is merged: the result is a plain timm model.
-    """
-    from acclimate.backbones import BackboneError, create_backbone
-
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    recipe = obj["acclimate"]["recipe"]
-    info = obj.get(CKPT_KEY) or {}
-    section = dict(recipe["backbone"])
-    if info.get("base"):
-        section.update({k: info["base"][k] for k in section if k in info["base"]})
-    model = create_backbone(**section)
-    apply_adapter(model, AdapterSettings(**recipe.get("adapter") or {}))
-    order = ("teacher_backbone.", "backbone.") if prefer == "teacher" else ("backbone.",)
-    sd = obj["state_dict"]
-    prefix = next((p for p in order if any(k.startswith(p) for k in sd)), None)
-    if prefix is None:
-        raise BackboneError(f"{path}: no {' or '.join(order)}* tensors in its state_dict")
-    own = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
-    dropped = {k[len(prefix) :] for k in info.get("dropped", []) if k.startswith(prefix)}
-    if dropped:
-        frozen = getattr(model, ADAPTER_ATTR)["frozen"]
-        if not _same_fingerprint(info["base"]["fingerprint"], fingerprint(model, frozen)):
-            raise BackboneError(
-                f"{path} holds only adapter tensors, and its base weights "
-                f"{section.get('weights')} are not the ones it was trained from"
-            )
-    missing, unexpected = model.load_state_dict(own, strict=False)
-    missing = [k for k in missing if k not in dropped]
-    if missing or unexpected:
-        raise BackboneError(
-            f"{path}: {prefix}* does not fit {section['name']} with its adapter: missing "
-            f"{missing[:3]}, unexpected {unexpected[:3]}"
-        )
-    return merge_lora(model).eval()

@@ -67,7 +67,7 @@ class SSLDataModule(pl.LightningDataModule):
 
     Args:
         train: the training source: a class-folder tree (with or without split folders), a flat
-            folder of images, a CSV manifest or a MedMNIST-style .npz (see DESIGN.md).
+            folder of images, a CSV manifest or a MedMNIST-style .npz (`acclimate.data.sources`).
         train_split: which split to train on; ``auto`` = ``train`` when the source has splits (so
             held-out splits stay held out), else everything; null = every split.
         channels: bands per image: 1 (grayscale) or 3 (RGB) convert on read; any other count

@@ -5,9 +5,8 @@ metadata (``acclimate.json``), the resolved recipe, probes and a model card (``c
 from __future__ import annotations
 
 import copy
-import json
 import logging
-import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +17,13 @@ from torch import nn
 
 from acclimate.adapters.merge import merge_lora
 from acclimate.errors import AcclimateError
-from acclimate.eval.features import check_kind, features_of, kind_problem
+from acclimate.eval.features import check_kind, features_of
 from acclimate.eval.multilayer import uses_class_token
+from acclimate.export.meta import META_FILE
 from acclimate.fileio import write_json_atomic, write_text_atomic
-from acclimate.preflight import CheckpointError, load_checkpoint_file
 
 log = logging.getLogger(__name__)
 
-META_FILE = "acclimate.json"
 FORMAT_VERSION = 1
 
 
@@ -42,10 +40,11 @@ def export_backbone(
     recipe: dict[str, Any] | None = None,
     metrics: dict[str, Any] | None = None,
     source: str | None = None,
-    bands: list[str] | None = None,
+    bands: Sequence[str] | None = None,
     statistics: dict[str, Any] | None = None,
     clip: dict[str, Any] | None = None,
     features: str = "pooled",
+    reader: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``backbone`` (a timm model with ``num_classes=0``) as an export folder.
 
@@ -53,7 +52,9 @@ def export_backbone(
     ``mean``/``std`` in [0, 1] units) goes into timm's ``pretrained_cfg`` and ``acclimate.json``.
     ``bands`` (names of the input channels in order) and ``statistics`` (per-channel mean, std,
     min, max and percentiles of the training data, from ``acclimate.data.stats``) are recorded
-    in ``acclimate.json`` with how the files were read (band selection, window, slice axis).
+    in ``acclimate.json`` with how the files were read (``reader``: ``ReadOptions.to_dict()``,
+    band selection, window, slice axis, nodata fill). ``recipe`` is written as ``recipe.yaml``,
+    a record only.
     ``clip`` (``data.clip``: {"percentiles", "low", "high"}) is recorded as ``clip``; values are
     clipped per channel to [low, high] before normalisation (``acclimate.load`` does it; timm's
     data config cannot express it). ``features`` (``eval.features``: ``pooled``, ``cls`` or
@@ -95,7 +96,7 @@ def export_backbone(
         **feature_meta,
         "source": source,
         "metrics": metrics or {},
-        **_data_metadata(channels, recipe, bands, statistics),
+        **_data_metadata(channels, bands, reader, statistics),
     }
     _write_json(out / META_FILE, meta)
     if recipe is not None:
@@ -126,28 +127,6 @@ def _feature_metadata(
     }
 
 
-class ExportFileError(AcclimateError):
-    """An export folder's (or a run's) JSON file that is unreadable or was altered."""
-
-
-def read_json(path: str | Path) -> dict[str, Any]:
-    """A JSON object from ``path``; invalid JSON or another top-level type is one line naming
-    the file (the usual cause: it was edited by hand)."""
-    path = Path(path)
-    try:
-        obj = json.loads(path.read_text())
-    except UnicodeDecodeError:
-        raise ExportFileError(f"{path}: not a text file; it must hold JSON") from None
-    except json.JSONDecodeError as e:
-        raise ExportFileError(
-            f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); restore it or "
-            "export again"
-        ) from None
-    if not isinstance(obj, dict):
-        raise ExportFileError(f"{path}: expected a JSON object, got {type(obj).__name__}")
-    return obj
-
-
 class ExportError(AcclimateError):
     """Weights that must not leave as an export."""
 
@@ -169,120 +148,17 @@ def check_finite(model: nn.Module, source: str | None = None) -> None:
 
 def _data_metadata(
     channels: int,
-    recipe: dict[str, Any] | None,
-    bands: list[str] | None,
+    bands: Sequence[str] | None,
+    reader: dict[str, Any] | None,
     statistics: dict[str, Any] | None,
 ) -> dict[str, Any]:
     """Band names and order, reader settings and data statistics for ``acclimate.json``."""
-    data = (recipe or {}).get("data") or {}
-    if bands is None and data.get("bands") and all(isinstance(b, str) for b in data["bands"]):
-        bands = list(data["bands"])
     if bands is not None and len(bands) != channels:
         raise AcclimateError(f"{len(bands)} band names for {channels} input channels")
-    keys = ("bands", "band_names", "window", "slice_axis", "nodata", "nodata_fill", "max_pixels")
-    reader = {k: data.get(k) for k in keys if k in data}
-    if reader.get("nodata_fill") == "mean" and isinstance(data.get("mean"), list):
-        reader["nodata_fill"] = data["mean"]  # as training filled: the normalisation mean
     return {
-        "bands": bands,
-        "reader": reader,
+        "bands": None if bands is None else list(bands),
+        "reader": reader or {},
         "statistics": statistics,
         "value_range": "8-bit images scaled to [0, 1]; other data as acclimate's readers return "
         "it (uint16 / 65535, DICOM windowed to [0, 1], float as stored)",
     }
-
-
-def read_export_meta(out: str | Path) -> dict[str, Any]:
-    """An export folder's ``acclimate.json``, checked: a hand-edited or truncated file gives one
-    line naming the file and the key, not a KeyError later on."""
-    path = Path(out) / META_FILE
-    meta = read_json(path)
-    problem = export_meta_problem(meta)
-    if problem:
-        raise ExportFileError(f"{path}: {problem}; restore the file or export again")
-    return meta
-
-
-def export_meta_problem(meta: dict[str, Any]) -> str | None:
-    """What is wrong with the keys of an export's ``acclimate.json``, or None."""
-    if not isinstance(meta.get("architecture"), str):
-        return f"architecture: expected a timm model name, got {meta.get('architecture')!r}"
-    channels = meta.get("channels")
-    if not isinstance(channels, int) or isinstance(channels, bool) or channels < 1:
-        return f"channels: expected an integer >= 1, got {channels!r}"
-    problem = preprocessing_problem(meta, channels)
-    if problem:
-        return problem
-    if not isinstance(meta.get("preprocessing"), str):
-        return f"preprocessing: expected a description, got {meta.get('preprocessing')!r}"
-    bands = meta.get("bands")
-    if bands is not None and (
-        not isinstance(bands, list)
-        or len(bands) != channels
-        or not all(isinstance(b, str) for b in bands)
-    ):
-        return f"bands: expected null or {channels} band names, got {bands!r}"
-    for key in ("metrics", "evaluation", "onnx"):
-        if meta.get(key) is not None and not isinstance(meta[key], dict):
-            return f"{key}: expected a mapping or null, got {meta[key]!r}"
-    if "features" in meta and kind_problem(meta["features"]):  # absent: an older export, pooled
-        return f"features: {kind_problem(meta['features'])}"
-    return None
-
-
-def checkpoint_metadata(ckpt: str | Path) -> dict[str, Any]:
-    """The run metadata stored by acclimate in a Lightning checkpoint (weights_only load), with
-    the keys that loading the checkpoint's backbone needs checked (one line naming the key)."""
-    meta = load_checkpoint_file(ckpt)["acclimate"]
-    problem = _checkpoint_meta_problem(meta)
-    if problem:
-        raise CheckpointError(f"{ckpt}: acclimate metadata: {problem}; the file was altered")
-    return meta
-
-
-def _checkpoint_meta_problem(meta: Any) -> str | None:
-    if not isinstance(meta, dict):
-        return f"expected a mapping, got {type(meta).__name__}"
-    recipe = meta.get("recipe")
-    if not isinstance(recipe, dict) or not isinstance(recipe.get("backbone"), dict):
-        return "recipe.backbone is missing"
-    b = recipe["backbone"]
-    if not isinstance(b.get("name"), str) or not isinstance(b.get("in_chans"), int):
-        return "recipe.backbone needs a name (str) and in_chans (int)"
-    if not isinstance(recipe.get("adapter") or {}, dict):
-        return "recipe.adapter must be a mapping"
-    return preprocessing_problem(meta)
-
-
-def preprocessing_problem(meta: dict[str, Any], channels: int | None = None) -> str | None:
-    """What is wrong with the preprocessing keys of a checkpoint's metadata or an export's
-    ``acclimate.json`` (``mean``, ``std``, ``image_size``, ``clip``, ``reader``), or None."""
-    mean, std = meta.get("mean"), meta.get("std")
-    for key, value in (("mean", mean), ("std", std)):
-        if not isinstance(value, list) or not value or not all(_is_number(v) for v in value):
-            return f"{key}: expected a list of numbers, got {value!r}"
-    if len(std) != len(mean) or (channels is not None and len(mean) != channels):
-        return f"mean and std must have one value per channel, got {mean!r} and {std!r}"
-    if not all(v > 0 for v in std):
-        return f"std: every value must be > 0, got {std!r}"
-    size = meta.get("image_size")
-    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
-        return f"image_size: expected an integer >= 1, got {size!r}"
-    clip = meta.get("clip")
-    if clip is not None:
-        ok = isinstance(clip, dict) and all(
-            isinstance(clip.get(k), list)
-            and len(clip[k]) == len(mean)
-            and all(_is_number(v) for v in clip[k])
-            for k in ("low", "high")
-        )
-        if not ok:
-            return f"clip: expected {{low: [...], high: [...]}}, a bound per channel, got {clip!r}"
-    for key in ("reader", "statistics"):
-        if meta.get(key) is not None and not isinstance(meta[key], dict):
-            return f"{key}: expected a mapping or null, got {meta[key]!r}"
-    return None
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)

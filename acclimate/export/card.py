@@ -9,7 +9,8 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from acclimate.eval.multilayer import describe, timm_code
-from acclimate.export.artifact import ExportFileError, read_export_meta, read_json
+from acclimate.eval.protocol import Protocol
+from acclimate.export.meta import ExportFileError, read_export_meta, read_json
 from acclimate.fileio import write_text_atomic
 
 
@@ -47,12 +48,30 @@ def _header_lines(meta: dict[str, Any], recipe: dict[str, Any]) -> list[str]:
     ]
 
 
-def _before_after_lines(m: dict[str, Any]) -> list[str]:
+def _protocol(record: Any, kind: str) -> Protocol | None:
+    """The protocol a section's figures were measured with (None: a record that is no
+    protocol, e.g. a hand-edited recipe)."""
+    try:
+        return Protocol.from_record(
+            {**(record if isinstance(record, dict) else {}), "features": kind}
+        )
+    except (TypeError, ValueError):
+        return None
+
+
+def _protocol_lines(protocol: Protocol | None) -> list[str]:
+    return [f"Protocol: {protocol.describe()}.", ""] if protocol is not None else []
+
+
+def _before_after_lines(m: dict[str, Any], recipe: dict[str, Any]) -> list[str]:
     kind = _row(m["after"], "features") or "pooled"  # runs before feature kinds: pooled
+    protocol = _protocol(recipe.get("eval"), kind)  # training measured with its recipe's eval:
+    k = f" (k={protocol.knn_k})" if protocol is not None else ""
     return [
         f"## Before / after adaptation (frozen `{kind}` features, same protocol)",
         "",
-        "| model | linear probe top-1 | kNN top-1 (k=20) | test images |",
+        *_protocol_lines(protocol),
+        f"| model | linear probe top-1 | kNN top-1{k} | test images |",
         "|---|---|---|---|",
         *(
             f"| {label} | {_fmt(_row(r, 'linear_top1'))} | {_fmt(_row(r, 'knn_top1'))} | "
@@ -68,10 +87,12 @@ def _evaluation_lines(ev: dict[str, Any]) -> list[str]:
     models: dict[str, dict[str, float]] = ev["models"]
     keys = list(dict.fromkeys(k for h in models.values() for k in h))
     this = ev.get("this")
+    kind = ev.get("features", "pooled")
+    protocol = _protocol(ev["protocol"], kind) if isinstance(ev.get("protocol"), dict) else None
     return [
-        f"## Evaluation report (frozen `{ev.get('features', 'pooled')}` features, same protocol "
-        "for every model)",
+        f"## Evaluation report (frozen `{kind}` features, same protocol for every model)",
         "",
+        *_protocol_lines(protocol),
         f"Data: `{ev.get('data')}`"
         + (
             f"; source-domain forgetting check: `{ev['forgetting_data']}`"
@@ -157,10 +178,11 @@ def write_model_card(out: str | Path) -> Path:
     """(Re)write ``README.md`` from ``acclimate.json``, the recipe and the probes."""
     out = Path(out)
     meta = read_export_meta(out)
-    lines = _header_lines(meta, _read_recipe(out / "recipe.yaml"))
+    recipe = _read_recipe(out / "recipe.yaml")
+    lines = _header_lines(meta, recipe)
     m = meta.get("metrics") or {}
     if m.get("before") and m.get("after"):
-        lines += _before_after_lines(m)
+        lines += _before_after_lines(m, recipe)
     if isinstance((meta.get("evaluation") or {}).get("models"), dict):
         lines += _evaluation_lines(meta["evaluation"])
     if meta.get("onnx"):

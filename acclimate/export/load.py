@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,14 +21,10 @@ from acclimate.data.transforms import EvalTransform
 from acclimate.errors import AcclimateError
 from acclimate.eval.features import FeatureKind, features_of, kind_problem
 from acclimate.eval.linear import LinearProbe
-from acclimate.export.artifact import (
-    META_FILE,
-    ExportFileError,
-    checkpoint_metadata,
-    read_export_meta,
-    read_json,
-)
+from acclimate.export.meta import META_FILE, ExportFileError, read_export_meta, read_json
+from acclimate.preflight import load_checkpoint_file
 from acclimate.resume import latest_checkpoint
+from acclimate.run_info import RunInfo, read_run_info, recipe_record, run_info_of
 
 log = logging.getLogger(__name__)
 
@@ -198,11 +195,8 @@ def clip_bounds(meta: dict[str, Any]) -> tuple[list[float], list[float]] | None:
 
 
 def reader_options(meta: dict[str, Any]) -> ReadOptions:
-    """How the training images were read, from an export's ``acclimate.json`` (``reader``) or a
-    checkpoint's metadata (``reader``, else the recipe's ``data`` keys)."""
-    if meta.get("reader") is not None:
-        return ReadOptions.from_dict(meta["reader"])
-    return ReadOptions.from_dict((meta.get("recipe") or {}).get("data"))
+    """How the training images were read, from an export's ``acclimate.json`` (``reader``)."""
+    return ReadOptions.from_dict(meta.get("reader"))
 
 
 @dataclass
@@ -218,6 +212,8 @@ class ResolvedModel:
     options: ReadOptions = DEFAULT_OPTIONS  # how to read image files for this model
     clip: tuple[list[float], list[float]] | None = None  # per-channel bounds before normalising
     features: str | None = None  # the feature kind the export or run records (eval.features)
+    run_info: RunInfo | None = None  # a run or checkpoint: its run info
+    recipe: dict[str, Any] | None = None  # a run or checkpoint: its resolved recipe, a record
 
 
 def resolve_model(
@@ -232,7 +228,6 @@ def resolve_model(
     For a timm name the preprocessing is the weights' own (``pretrained_cfg``, usually ImageNet
     statistics) at ``image_size`` (default 224).
     """
-    from acclimate.adapters import AdapterSettings, load_adapted_backbone
     from acclimate.backbones import create_backbone
 
     p = Path(spec)
@@ -252,23 +247,7 @@ def resolve_model(
     if p.is_dir() and latest_checkpoint(p) is not None:  # a run folder: its newest checkpoint
         p = latest_checkpoint(p)  # type: ignore[assignment]
     if p.is_file() and p.suffix == ".ckpt":
-        meta = checkpoint_metadata(p)
-        b = meta["recipe"]["backbone"]
-        if AdapterSettings(**meta["recipe"].get("adapter") or {}).active:
-            model = load_adapted_backbone(p, prefer=which)  # base + adapter, LoRA merged
-        else:
-            model = create_backbone(b["name"], weights=str(p), in_chans=b["in_chans"], prefer=which)
-        return ResolvedModel(
-            model,
-            meta["mean"],
-            meta["std"],
-            image_size or meta["image_size"],
-            f"checkpoint {p} ({which})",
-            meta,
-            reader_options(meta),
-            clip_bounds(meta),
-            recipe_features(meta["recipe"]),
-        )
+        return _resolve_checkpoint(p, which, image_size)
     if p.is_dir() and (p / "recipe.yaml").is_file():
         raise AcclimateError(
             f"{spec}: a run folder without any checkpoint (it stopped before writing its first "
@@ -287,11 +266,78 @@ def resolve_model(
     return ResolvedModel(model, mean, std, image_size or 224, f"{spec} (weights: {weights})")
 
 
-def recipe_features(recipe: dict[str, Any]) -> str | None:
-    """The feature kind (``eval.features``) of a run's recipe, None when it names none."""
-    section = recipe.get("eval")
-    kind = section.get("features") if isinstance(section, dict) else None
-    return kind if isinstance(kind, str) else None
+def _resolve_checkpoint(path: Path, which: str, image_size: int | None) -> ResolvedModel:
+    """A training checkpoint's backbone (``which`` network) and preprocessing, from its
+    `RunInfo`."""
+    from acclimate.backbones import create_backbone
+
+    ckpt = load_checkpoint_file(path)
+    info = run_info_of(ckpt, path)
+    if info.adapter.active:  # base + adapter, LoRA merged
+        model = _adapted_backbone(ckpt, info, path, which)
+    else:
+        b = info.backbone
+        model = create_backbone(b.name, weights=str(path), in_chans=b.in_chans, prefer=which)
+    return ResolvedModel(
+        model,
+        list(info.mean),
+        list(info.std),
+        image_size or info.image_size,
+        f"checkpoint {path} ({which})",
+        info.to_dict(),
+        info.reader,
+        None if info.clip is None else info.clip.bounds,
+        info.features,
+        info,
+        recipe_record(ckpt),
+    )
+
+
+def load_adapted_backbone(path: str | Path, prefer: str = "teacher") -> nn.Module:
+    """Rebuild the backbone of a training checkpoint made with an ``adapter:`` section, merged.
+
+    The base model comes from the checkpoint's `RunInfo` (its weights from the base-weights
+    reference when the checkpoint has one), the adapter is applied again, the checkpoint's
+    backbone tensors are loaded over it (``teacher_backbone.`` or ``backbone.``, after
+    ``prefer``), and LoRA is merged: the result is a plain timm model.
+    """
+    ckpt = load_checkpoint_file(path)
+    return _adapted_backbone(ckpt, run_info_of(ckpt, path), Path(path), prefer)
+
+
+def _adapted_backbone(ckpt: dict[str, Any], info: RunInfo, path: Path, prefer: str) -> nn.Module:
+    from acclimate.adapters import ADAPTER_ATTR, CKPT_KEY, apply_adapter, fingerprint, merge_lora
+    from acclimate.adapters.checkpoint import same_fingerprint
+    from acclimate.backbones import BackboneError, create_backbone
+
+    adapter = ckpt.get(CKPT_KEY) or {}
+    section = dataclasses.asdict(info.backbone)
+    if adapter.get("base"):
+        section.update({k: adapter["base"][k] for k in section if k in adapter["base"]})
+    model = create_backbone(**section)
+    apply_adapter(model, info.adapter)
+    order = ("teacher_backbone.", "backbone.") if prefer == "teacher" else ("backbone.",)
+    sd = ckpt["state_dict"]
+    prefix = next((p for p in order if any(k.startswith(p) for k in sd)), None)
+    if prefix is None:
+        raise BackboneError(f"{path}: no {' or '.join(order)}* tensors in its state_dict")
+    own = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
+    dropped = {k[len(prefix) :] for k in adapter.get("dropped", []) if k.startswith(prefix)}
+    if dropped:
+        frozen = getattr(model, ADAPTER_ATTR)["frozen"]
+        if not same_fingerprint(adapter["base"]["fingerprint"], fingerprint(model, frozen)):
+            raise BackboneError(
+                f"{path} holds only adapter tensors, and its base weights "
+                f"{section.get('weights')} are not the ones it was trained from"
+            )
+    missing, unexpected = model.load_state_dict(own, strict=False)
+    missing = [k for k in missing if k not in dropped]
+    if missing or unexpected:
+        raise BackboneError(
+            f"{path}: {prefix}* does not fit {section['name']} with its adapter: missing "
+            f"{missing[:3]}, unexpected {unexpected[:3]}"
+        )
+    return merge_lora(model).eval()
 
 
 def recorded_features(spec: str) -> str | None:
@@ -303,5 +349,5 @@ def recorded_features(spec: str) -> str | None:
     if p.is_dir() and latest_checkpoint(p) is not None:
         p = latest_checkpoint(p)  # type: ignore[assignment]
     if p.is_file() and p.suffix == ".ckpt":
-        return recipe_features(checkpoint_metadata(p)["recipe"])
+        return read_run_info(p).features
     return None

@@ -113,9 +113,9 @@ def add_onnx(export_dir: str | Path, check: bool = True, tolerance: float = 1e-4
     """Write ``model.onnx`` into an export folder (from the folder's own weights; its output:
     the export's ``features`` kind), check it against PyTorch with onnxruntime on a random
     batch, record it in ``acclimate.json`` under ``onnx`` and re-render the model card."""
-    from acclimate.export.artifact import META_FILE, read_export_meta
     from acclimate.export.card import write_model_card
     from acclimate.export.load import load
+    from acclimate.export.meta import META_FILE, read_export_meta
 
     out = Path(export_dir)
     ex = load(out)

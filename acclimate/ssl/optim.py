@@ -12,7 +12,7 @@ from torch import nn
 class OptimSettings:
     """How the backbone and the heads are optimised.
 
-    The defaults protect what the pretrained backbone knows (shared/DESIGN.md, "protect"): the heads
+    The defaults protect what the pretrained backbone knows (README, "Careful defaults"): the heads
     warm up for ``freeze_backbone_epochs`` with the backbone frozen, then the backbone trains at
     ``backbone_lr_mult`` times the head's learning rate with its own warm-up.
 
