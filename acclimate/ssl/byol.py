@@ -28,11 +28,9 @@ class BYOL(MomentumModule):
         sync_bn_in_head: head BatchNorm statistics over every rank (the paper's setting).
         momentum: starting target EMA momentum, raised to ``momentum_end`` by a cosine schedule
             (paper: 0.996 -> 1; 0.99 adapts faster on small datasets).
-        teacher_scale: the teacher sees the views upsampled by this factor (bilinear), the
-            student the native ones (`acclimate.ssl.anchor`); 2-3.5 for small tiles and a
-            backbone pretrained at 224 px.
-        anchor_weight: weight of a distillation term from the frozen starting backbone
-            (cosine distance of pooled features, `acclimate.ssl.anchor`); 0 disables it.
+        teacher_scale, anchor_weight: the levers for a pretrained start (`SSLModule.init_levers`,
+            `acclimate.ssl.anchor`): the teacher sees the views upsampled by ``teacher_scale``;
+            ``anchor_weight`` > 0 adds a distillation term from the frozen start.
     """
 
     def __init__(

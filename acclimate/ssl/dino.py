@@ -55,12 +55,9 @@ class DINO(MomentumTeacherModule):
         momentum_teacher: starting teacher EMA momentum, raised to ``momentum_teacher_end`` by a
             cosine schedule (paper: 0.996 -> 1). Raise it towards 0.999 on small datasets.
         freeze_last_layer_epochs: keep the prototype layer fixed this long (paper: 1 epoch).
-        teacher_scale: the teacher sees the global crops upsampled by this factor (bilinear),
-            the student the native ones: for small tiles (e.g. 64 px) and a backbone pretrained
-            at 224 px, 2-3.5 lets the student learn what the start sees at its own resolution.
-        anchor_weight: weight of a distillation term from the frozen starting backbone (the
-            cosine distance of pooled features, `acclimate.ssl.anchor`; 0 disables): targets
-            from step one and a pull against forgetting (GFM, ICCV 2023).
+        teacher_scale, anchor_weight: the levers for a pretrained start (`SSLModule.init_levers`,
+            `acclimate.ssl.anchor`): the teacher sees the views upsampled by ``teacher_scale``;
+            ``anchor_weight`` > 0 adds a distillation term from the frozen start.
     """
 
     def __init__(

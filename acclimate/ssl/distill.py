@@ -53,11 +53,9 @@ class Distill(SSLModule):
         loss: ``cosine`` or ``smooth_l1`` on L2-normalised embeddings.
         smooth_l1_beta: threshold of the smooth-L1 loss.
         projection: ``auto`` = a linear layer only when the widths differ; ``linear`` = always.
-        teacher_scale: the teacher sees the views upsampled by this factor (bilinear), the
-            student the native ones (`acclimate.ssl.anchor`); 2-3.5 for small tiles and a
-            backbone pretrained at 224 px.
-        anchor_weight: weight of a distillation term from the frozen starting backbone
-            (cosine distance of pooled features, `acclimate.ssl.anchor`); 0 disables it.
+        teacher_scale, anchor_weight: the levers for a pretrained start (`SSLModule.init_levers`,
+            `acclimate.ssl.anchor`): the teacher sees the views upsampled by ``teacher_scale``;
+            ``anchor_weight`` > 0 adds a distillation term from the frozen start.
     """
 
     def __init__(
