@@ -33,7 +33,11 @@ class TrainerSettings:
         accelerator, devices, num_nodes, strategy: as in Lightning (``auto``, ``cpu``, ``gpu``;
             ``ddp``, ``fsdp``); launch multi-node runs with torchrun or SLURM.
         precision: ``32-true``, ``bf16-mixed`` (CPU and recent GPUs) or ``16-mixed`` (GPU).
-        accumulate_grad_batches: optimisation step every N batches.
+        accumulate_grad_batches: optimisation step every N batches. The learning rate scales
+            with the whole accumulated batch, and DINO's and iBOT's centres update once per
+            optimisation step on it; but SimCLR's and MoCo's negatives and every BatchNorm's
+            statistics come from one micro-batch (N times fewer negatives than the scaled batch
+            suggests): raise ``data.batch_size`` or ``trainer.devices`` rather than N for them.
         gradient_clip_val: the gradient-clipping threshold of the method's rule
             (``optim.clip_rule``: DINO clips each parameter's gradient norm, DINOv2 each
             sub-module's, the contrastive methods and MAE do not clip); null disables.
