@@ -243,17 +243,10 @@ def _problem(d: Any) -> str | None:
         return f"method: expected a method's name, got {d.get('method')!r}"
     if kind_problem(d.get("features") or "pooled"):
         return f"features: {kind_problem(d['features'])}"
-    channels = d.get("channels")
-    if not _is_int(channels) or channels < 1:
-        return f"channels: expected an integer >= 1, got {channels!r}"
-    bands = d.get("bands")
-    if bands is not None and (
-        not isinstance(bands, list)
-        or len(bands) != channels
-        or not all(isinstance(v, str) for v in bands)
-    ):
-        return f"bands: expected null or {channels} band names, got {bands!r}"
-    problem = preprocessing_problem(d, channels)
+    problem = channels_problem(d)
+    if problem:
+        return problem
+    problem = preprocessing_problem(d, d["channels"])
     if problem:
         return problem
     clip = d.get("clip")
@@ -263,6 +256,22 @@ def _problem(d: Any) -> str | None:
         and all(_is_number(v) for v in clip["percentiles"])
     ):
         return f"clip.percentiles: expected [low, high], got {clip.get('percentiles')!r}"
+    return None
+
+
+def channels_problem(meta: dict[str, Any]) -> str | None:
+    """What is wrong with ``channels`` and ``bands`` of a checkpoint's run info or an export's
+    ``acclimate.json``, or None."""
+    channels = meta.get("channels")
+    if not _is_int(channels) or channels < 1:
+        return f"channels: expected an integer >= 1, got {channels!r}"
+    bands = meta.get("bands")
+    if bands is not None and (
+        not isinstance(bands, list)
+        or len(bands) != channels
+        or not all(isinstance(v, str) for v in bands)
+    ):
+        return f"bands: expected null or {channels} band names, got {bands!r}"
     return None
 
 

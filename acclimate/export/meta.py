@@ -9,7 +9,7 @@ from typing import Any
 
 from acclimate.errors import AcclimateError
 from acclimate.eval.features import kind_problem
-from acclimate.run_info import preprocessing_problem
+from acclimate.run_info import channels_problem, preprocessing_problem
 
 META_FILE = "acclimate.json"
 
@@ -51,21 +51,11 @@ def export_meta_problem(meta: dict[str, Any]) -> str | None:
     """What is wrong with the keys of an export's ``acclimate.json``, or None."""
     if not isinstance(meta.get("architecture"), str):
         return f"architecture: expected a timm model name, got {meta.get('architecture')!r}"
-    channels = meta.get("channels")
-    if not isinstance(channels, int) or isinstance(channels, bool) or channels < 1:
-        return f"channels: expected an integer >= 1, got {channels!r}"
-    problem = preprocessing_problem(meta, channels)
+    problem = channels_problem(meta) or preprocessing_problem(meta, meta["channels"])
     if problem:
         return problem
     if not isinstance(meta.get("preprocessing"), str):
         return f"preprocessing: expected a description, got {meta.get('preprocessing')!r}"
-    bands = meta.get("bands")
-    if bands is not None and (
-        not isinstance(bands, list)
-        or len(bands) != channels
-        or not all(isinstance(b, str) for b in bands)
-    ):
-        return f"bands: expected null or {channels} band names, got {bands!r}"
     for key in ("metrics", "evaluation", "onnx"):
         if meta.get(key) is not None and not isinstance(meta[key], dict):
             return f"{key}: expected a mapping or null, got {meta[key]!r}"
