@@ -3,8 +3,11 @@
 The run measures its own throughput over its first steps, plans how many optimisation steps fit
 in the time left (keeping back what the after-evaluation will need, measured on the
 before-evaluation), and from then on every schedule (learning rate, weight decay, teacher
-momentum and temperature) runs over that planned total; training stops at the planned step, and
-Lightning's timer stops it at the budget in any case, with its checkpoint.
+momentum and temperature) runs over that planned total. The first steps are rarely typical (caches
+warm up, a shared machine's load changes), so the plan is revised from the speed measured since the
+last plan at every tenth of the budget, until 70% of the planned steps are done; a revision that
+changes the plan by less than 5% is not applied. Training stops at the planned step, and the
+deadline stops it in any case, with its checkpoint.
 """
 
 from __future__ import annotations
@@ -39,19 +42,34 @@ class TimeBudget(pl.Callback):
     the run's start plus its budget, less what the after-evaluation needs). After
     ``measure_steps`` steps (the first one, which pays for start-up, is not timed), the planned
     total is the steps done plus the time left divided by the measured seconds per step, capped
-    by ``max_steps`` (> 0); training stops at the planned step or at the deadline, whichever
-    comes first, and writes its checkpoint. The plan is stored in checkpoints, so a resumed run
-    keeps its schedules (its clock starts again).
+    by ``max_steps`` (> 0). Every ``replan_fraction`` of the time left at the first plan, while
+    fewer than ``replan_until`` of the planned steps are done, the plan is revised the same way
+    from the speed since the last plan applied (the schedules then continue from the current step
+    over the new total: a small jump early in the cosine, which a revision under 5% skips).
+    Training stops at the planned step or at the deadline, whichever comes first, and writes its
+    checkpoint. The plan is stored in checkpoints, so a resumed run keeps its schedules (its
+    clock starts again).
 
     The module reads the plan through its ``planned_steps`` attribute (`SSLModule.total_steps`).
     """
 
-    def __init__(self, deadline: float, measure_steps: int = 10, max_steps: int = -1) -> None:
+    def __init__(
+        self,
+        deadline: float,
+        measure_steps: int = 10,
+        max_steps: int = -1,
+        replan_fraction: float = 0.1,
+        replan_until: float = 0.7,
+    ) -> None:
         self.deadline = deadline
         self.measure_steps = max(measure_steps, 1)
         self.max_steps = max_steps
+        self.replan_fraction = replan_fraction
+        self.replan_until = replan_until
         self.planned: int | None = None
+        self.revisions = 0
         self._timed_from: tuple[float, int] | None = None
+        self._replan_every = float("inf")
 
     def state_dict(self) -> dict[str, Any]:
         return {"planned": self.planned}
@@ -75,29 +93,80 @@ class TimeBudget(pl.Callback):
         if out_of_time and not trainer.should_stop:
             log.info("time budget reached at step %d: stopping with a checkpoint", step)
             trainer.should_stop = True
-        if self.planned is not None:
-            return
         if self._timed_from is None:
             self._timed_from = (now, step)  # the first step (start-up) is not timed
             return
         t0, s0 = self._timed_from
-        if step - s0 < self.measure_steps:
-            return
+        if self.planned is None:
+            if step - s0 >= self.measure_steps:
+                self._plan(trainer, module, now, step, first=True)
+        elif (
+            now - t0 >= self._replan_every
+            and step > s0
+            and step < self.replan_until * self.planned
+            and not trainer.should_stop
+        ):
+            self._plan(trainer, module, now, step, first=False)
+
+    def _plan(
+        self, trainer: pl.Trainer, module: pl.LightningModule, now: float, step: int, first: bool
+    ) -> None:
+        """Plan (or revise) the total steps from the speed since ``_timed_from``."""
+        t0, s0 = self._timed_from
         per_step = (now - t0) / (step - s0)
         left = self.deadline - now
         planned = step + max(int(left / per_step), 0)
         planned = trainer.strategy.broadcast(planned)  # every rank follows rank 0's plan
         if self.max_steps > 0:
             planned = min(planned, self.max_steps)
-        self.planned = max(planned, step + 1)
+        planned = max(planned, step + 1)
+        if first:
+            self._replan_every = self.replan_fraction * max(left, 0.0)
+        elif abs(planned - self.planned) < 0.05 * self.planned:
+            return  # keep timing from the last plan: a longer window, a steadier estimate
+        self._timed_from = (now, step)
+        old, self.planned = self.planned, planned
         self._apply(trainer, module)
         epochs = self.planned / max(module.steps_per_epoch, 1)
-        log.info(
-            "time budget: %.1f s/step measured over %d steps; %.0f s left for training: "
-            "planning %d steps in all (%.1f epochs); the schedules span them",
-            per_step,
-            step - s0,
-            left,
-            self.planned,
-            epochs,
-        )
+        if first:
+            log.info(
+                "time budget: %.1f s/step measured over %d steps; %.0f s left for training: "
+                "planning %d steps in all (%.1f epochs); the schedules span them",
+                per_step,
+                step - s0,
+                left,
+                self.planned,
+                epochs,
+            )
+            self._warn_long_warmup(module)
+        else:
+            self.revisions += 1
+            log.info(
+                "time budget: %.2f s/step over the last %d steps; %.0f s left: revising the plan "
+                "from %d to %d steps (%.1f epochs) at step %d",
+                per_step,
+                step - s0,
+                left,
+                old,
+                self.planned,
+                epochs,
+                step,
+            )
+
+    def _warn_long_warmup(self, module: pl.LightningModule) -> None:
+        """Warm-up and frozen phases are set in epochs: under a short budget they can fill it."""
+        optim = getattr(module, "optim", None)
+        if optim is None or not self.planned:
+            return
+        epochs = optim.warmup_epochs + optim.freeze_backbone_epochs
+        steps = int(epochs * module.steps_per_epoch)
+        if steps > 0.25 * self.planned:
+            log.warning(
+                "optim.warmup_epochs + optim.freeze_backbone_epochs = %.2g epochs = %d steps, "
+                "%.0f%% of the %d steps this budget allows: the backbone spends most of the "
+                "run warming up; lower them (fractions of an epoch are allowed)",
+                epochs,
+                steps,
+                100 * steps / self.planned,
+                self.planned,
+            )
