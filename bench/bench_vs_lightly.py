@@ -176,6 +176,11 @@ class LightlyDINO(nn.Module):
         return self.teacher_head(self.teacher_backbone(x).flatten(start_dim=1))
 
 
+def _autocast(args: argparse.Namespace) -> torch.autocast:
+    """bf16 autocast on the CPU under ``--precision bf16-mixed`` (what Lightning's plugin does)."""
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16-mixed")
+
+
 def lightly_step(args: argparse.Namespace, total: int):
     """One step of lightly's example loop, as a function of (views, step)."""
     from lightly.loss import DINOLoss
@@ -193,9 +198,10 @@ def lightly_step(args: argparse.Namespace, total: int):
         m = cosine_schedule(i, total, 0.996, 1)
         update_momentum(model.student_backbone, model.teacher_backbone, m=m)
         update_momentum(model.student_head, model.teacher_head, m=m)
-        teacher_out = [model.forward_teacher(v) for v in views[:2]]
-        student_out = [model.forward(v) for v in views]
-        loss = criterion(teacher_out, student_out, epoch=0)
+        with _autocast(args):
+            teacher_out = [model.forward_teacher(v) for v in views[:2]]
+            student_out = [model.forward(v) for v in views]
+            loss = criterion(teacher_out, student_out, epoch=0)
         loss.backward()
         model.student_head.cancel_last_layer_gradients(current_epoch=0)
         optimizer.step()
@@ -270,7 +276,7 @@ def acclimate_fit(args: argparse.Namespace, train_data: object) -> dict:
         max_steps=args.warmup + args.steps,
         accelerator="cpu",
         devices=1,
-        precision="32-true",
+        precision=args.precision,
         progress_bar=False,
     )
     with tempfile.TemporaryDirectory() as run_dir:
@@ -354,7 +360,8 @@ def acclimate_step(args: argparse.Namespace, total: int):
 
         def closure() -> Tensor:
             optimizer.zero_grad(set_to_none=True)
-            loss = module.training_step(batch, i)
+            with _autocast(args):
+                loss = module.training_step(batch, i)
             loss.backward()
             module.on_after_backward()
             torch.nn.utils.clip_grad_norm_(module.parameters(), 3.0)
@@ -375,7 +382,9 @@ def plain_step(args: argparse.Namespace, total: int):
 
     def step(views: list[Tensor], i: int) -> None:
         optimizer.zero_grad(set_to_none=True)
-        forward_by_size(model, views).pow(2).mean().backward()
+        with _autocast(args):
+            loss = forward_by_size(model, views).float().pow(2).mean()
+        loss.backward()
         optimizer.step()
 
     return step
@@ -425,6 +434,9 @@ def main() -> None:
     p.add_argument("--local-size", type=int, default=32)
     p.add_argument("--n-local", type=int, default=4)
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument(
+        "--precision", default="32-true", choices=["32-true", "bf16-mixed"], help="both sides"
+    )
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     p.add_argument("--steps", type=int, default=15, help="timed steps (end to end)")
     p.add_argument("--fixed-steps", type=int, default=8, help="timed steps (fixed batch)")
@@ -469,7 +481,8 @@ def report(args: argparse.Namespace, r: dict[str, dict]) -> None:
 
     print(
         f"\n{args.backbone}, random weights; batch {args.batch}; 2 x {args.global_size} px + "
-        f"{args.n_local} x {args.local_size} px crops; fp32, CPU, {os.cpu_count()} cores; "
+        f"{args.n_local} x {args.local_size} px crops; {args.precision}, CPU, "
+        f"{os.cpu_count()} cores; "
         f"{args.workers} loader workers end to end; {args.steps} steps timed after "
         f"{args.warmup} (fixed batch: {args.fixed_steps})\n"
     )
