@@ -14,6 +14,7 @@ import lightning.pytorch as pl
 from torch.utils.data import DataLoader, default_collate
 
 from acclimate.data.dataset import ImageDataset, bad_file_counts, collate_kept
+from acclimate.data.decoded_cache import CACHE_MODES, DecodedCache, decoded_cache
 from acclimate.data.readers import DEFAULT_MAX_PIXELS, DataError, ReadOptions, tiff_band_names
 from acclimate.data.sources import (
     FileSource,
@@ -48,9 +49,18 @@ def resolve_split(spec: str, split: str | None) -> str | None:
 
 
 def _check_arguments(
-    channels: int, bands: list | None, max_bad_fraction: float, stats: dict[str, Normalization]
+    channels: int,
+    bands: list | None,
+    max_bad_fraction: float,
+    stats: dict[str, Normalization],
+    cache: str,
+    cache_max_gb: float | None,
 ) -> None:
     """The constructor's own checks (`ReadOptions` checks window, nodata_fill, max_pixels)."""
+    if cache not in CACHE_MODES:
+        raise ValueError(f"cache must be one of {', '.join(CACHE_MODES)}, got {cache!r}")
+    if cache_max_gb is not None and not cache_max_gb > 0:
+        raise ValueError(f"cache_max_gb must be > 0 or null, got {cache_max_gb}")
     if channels < 1:
         raise ValueError(f"channels must be >= 1, got {channels}")
     if bands is not None and len(bands) != channels:
@@ -109,6 +119,15 @@ class SSLDataModule(pl.LightningDataModule):
         batch_size: images per device per step.
         num_workers: DataLoader worker processes (the per-image augmentation runs there, and
             the per-batch one with ``augment.device: cpu``).
+        cache: ``memory``: decode every training image once, before training (with
+            ``num_workers`` processes), and augment from memory every epoch; ``none``: decode
+            from the files every epoch; ``auto``: ``memory`` when the decoded images (estimated
+            from a sample of 64, or the ``.npz`` headers) fit in ``cache_max_gb``, else
+            ``none``. Every training process holds its own copy. Set ``none`` when memory is
+            short, ``memory`` when decoding is the bottleneck and the images fit.
+        cache_max_gb: the limit of ``cache: auto``, in GB, for all training processes of one
+            machine together; null: 25% of the memory available when training starts, at
+            most 32 GB.
         max_bad_fraction: fail before training when more than this fraction of a sample of the
             source cannot be used.
         skip_constant: skip images whose values are all equal (blank tiles, no-data areas).
@@ -134,13 +153,17 @@ class SSLDataModule(pl.LightningDataModule):
         stats_images: int = 5000,
         batch_size: int = 64,
         num_workers: int = 2,
+        cache: str = "auto",
+        cache_max_gb: float | None = None,
         max_bad_fraction: float = 0.5,
         skip_constant: bool = True,
         transform: Callable[[Any], Any] | None = None,
         bad_file_log: str | Path | None = None,
     ) -> None:
         super().__init__()
-        _check_arguments(channels, bands, max_bad_fraction, {"mean": mean, "std": std})
+        _check_arguments(
+            channels, bands, max_bad_fraction, {"mean": mean, "std": std}, cache, cache_max_gb
+        )
         self.spec = train
         self.split = resolve_split(train, train_split)
         self.channels = channels
@@ -162,6 +185,9 @@ class SSLDataModule(pl.LightningDataModule):
         self.skip_constant = skip_constant
         self.batch_size = batch_size
         self.num_workers = num_workers
+        self.cache, self.cache_max_gb = cache, cache_max_gb
+        self._decoded: DecodedCache | None = None  # filled by the first train_dataloader
+        self._decided = False  # whether that choice was made (auto may choose to stream)
         self.transform = transform
         self._batch_on_device = False  # augment.device auto with an accelerator (train_dataloader)
         self.seed = 0  # the run's seed (set by training): data order and augmentation
@@ -282,13 +308,14 @@ class SSLDataModule(pl.LightningDataModule):
         if self.transform is None:
             raise RuntimeError("SSLDataModule.transform must be set before training")
         item, collate = self._augment_stages()
+        workers = min(self.num_workers, os.cpu_count() or 1)
         dataset = ImageDataset(
             self.source,
             item,
             bad_file_log=self.bad_file_log,
             skip_constant=self.skip_constant,
+            cache=self._decoded_cache(workers),
         )
-        workers = min(self.num_workers, os.cpu_count() or 1)
         trainer = self.trainer
         return ResumableLoader(
             dataset,
@@ -301,6 +328,26 @@ class SSLDataModule(pl.LightningDataModule):
             pin_memory=False,
             collate_fn=collate,
         )
+
+    def _decoded_cache(self, workers: int) -> DecodedCache | None:
+        """The decoded training images (``cache``), chosen and filled on the first call: after
+        ``normalization`` has fixed the nodata fill that the reader applies, and in the main
+        process before the training loader's workers fork and share it."""
+        if not self._decided:
+            trainer = self.trainer  # None, or a stub, outside a Trainer
+            per_node = getattr(trainer, "world_size", 1) // max(getattr(trainer, "num_nodes", 1), 1)
+            bar = trainer is None or getattr(trainer, "progress_bar_callback", None) is not None
+            self._decoded = decoded_cache(
+                self.source,
+                self.cache,
+                self.skip_constant,
+                workers,
+                self.cache_max_gb,
+                processes=max(per_node, 1),
+                progress=bar,
+            )
+            self._decided = True
+        return self._decoded
 
     def _augment_stages(self) -> tuple[Callable[[Any], Any], Callable[[list], Any] | None]:
         """The per-item transform and the loader's collate function for ``augment.device``

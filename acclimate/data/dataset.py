@@ -17,6 +17,7 @@ from acclimate.data.bad_files import (
     decode,
     read_bad_file_log,
 )
+from acclimate.data.decoded_cache import DecodedCache
 from acclimate.data.readers import DataError
 from acclimate.data.sources.base import ImageSource
 
@@ -40,6 +41,10 @@ class ImageDataset(Dataset):
     those from a batch. ``n_bad`` counts the distinct bad items this process met and ``bad``
     maps their indices to reasons; DataLoader workers each keep their own, so use
     ``read_bad_file_log`` for a run total.
+
+    With ``cache`` (`decoded_cache.DecodedCache`, filled with the same ``skip_constant``) items
+    are decoded from memory instead of the source, bad ones included: the same images, the
+    same reports, the same items standing in for bad ones.
     """
 
     max_tries = 50  # consecutive unreadable items before giving up with a DataError
@@ -51,9 +56,16 @@ class ImageDataset(Dataset):
         bad_file_log: str | Path | None = None,
         skip_constant: bool = False,
         on_bad: Literal["next", "drop"] = "next",
+        cache: DecodedCache | None = None,
     ) -> None:
         if on_bad not in ("next", "drop"):
             raise ValueError(f"on_bad must be 'next' or 'drop', got {on_bad!r}")
+        if cache is not None and (len(cache), cache.skip_constant) != (len(source), skip_constant):
+            raise ValueError(
+                f"the cache holds {len(cache)} items decoded with skip_constant "
+                f"{cache.skip_constant}, not the source's {len(source)} with {skip_constant}"
+            )
+        self.cache = cache
         self.source = source
         self.on_bad = on_bad
         self.skip_constant = skip_constant
@@ -74,7 +86,7 @@ class ImageDataset(Dataset):
         tries = 1 if self.on_bad == "drop" else min(self.max_tries, n)
         for step in range(tries):
             i = (index + step) % n
-            image = decode(self.source, i, self.skip_constant)
+            image = self._decode(i)
             if isinstance(image, BadItem):
                 last_error = image.text
                 self.report_bad(i, image.reason, image.text)
@@ -89,6 +101,12 @@ class ImageDataset(Dataset):
             f"from {self.source.describe(index)} on (last error: {last_error}); "
             "run `acclimate stats` on the source and fix or remove the bad files"
         )
+
+    def _decode(self, i: int) -> torch.Tensor | BadItem:
+        """Item ``i`` (C, H, W) or why it cannot be used: from the cache when there is one."""
+        if self.cache is not None:
+            return self.cache.get(i)
+        return decode(self.source, i, self.skip_constant)
 
     def report_bad(self, i: int, reason: str, text: str) -> None:
         """Record item ``i`` as bad (once): a WARNING and a line in ``bad_file_log``. Also for

@@ -60,6 +60,11 @@ class ImageSource:
         """Where item ``i`` comes from (a path), for logs and error messages."""
         raise NotImplementedError
 
+    def decoded_nbytes(self) -> int | None:
+        """Bytes that all items take decoded, when the source knows without decoding (array
+        headers); None otherwise (``decoded_cache.survey`` then estimates it from a sample)."""
+        return None
+
     def subset(self, indices: Sequence[int]) -> ImageSource:
         """A source holding the given items, in the given order, with the same classes."""
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)

@@ -63,6 +63,14 @@ class NpzSource(ImageSource):
     def describe(self, i: int) -> str:
         return f"{self.path}[{self.keys[self.key_ids[i]]}][{self.rows[i]}]"
 
+    def decoded_nbytes(self) -> int:
+        """channels x H x W bytes per item of each (N, H, W[, C]) uint8 array, from the headers."""
+        shapes = [_npz_header(self.path, key)[0] for key in self.keys]
+        counts = np.bincount(self.key_ids, minlength=len(self.keys))
+        return int(
+            sum(int(c) * self.channels * s[1] * s[2] for c, s in zip(counts, shapes, strict=True))
+        )
+
     def _subset(self, idx: np.ndarray, name: str) -> NpzSource:
         sub = NpzSource(
             name,
