@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
+import os
+import platform
 import re
+import shutil
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -102,6 +105,21 @@ def _precision(value: Any) -> str | None:
     return None if value in names else f"one of {', '.join(names)}"
 
 
+def _compile(value: Any) -> str | None:
+    """``trainer.compile: true`` needs a Python that torch.compile runs on and, without a GPU,
+    a C++ compiler for inductor's CPU kernels (``$CXX`` or g++, as inductor looks for it)."""
+    if value is not True:
+        return None
+    import torch
+
+    if not torch._dynamo.is_dynamo_supported():
+        return f"false: torch.compile does not run on Python {platform.python_version()}"
+    cxx = os.environ.get("CXX") or "g++"
+    if not torch.cuda.is_available() and shutil.which(cxx) is None:
+        return f"false here: torch.compile needs a C++ compiler on CPU ({cxx} not found)"
+    return None
+
+
 def _duration(value: Any) -> str | None:
     from acclimate.budget import parse_duration
 
@@ -183,6 +201,19 @@ def _clip(value: Any) -> str | None:
     return None
 
 
+def _cache_mode(value: Any) -> str | None:
+    from acclimate.data.decoded_cache import CACHE_MODES
+
+    if value in CACHE_MODES:
+        return None
+    close = difflib.get_close_matches(str(value), CACHE_MODES, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return (
+        "auto (decode into memory when it fits under data.cache_max_gb), memory (always) "
+        f"or none (decode every epoch){hint}"
+    )
+
+
 def _feature_kind(value: Any) -> str | None:
     from acclimate.eval.features import VECTOR_KINDS, kind_problem
 
@@ -216,6 +247,8 @@ RULES: dict[str, Rule] = {
     "data.max_pixels": COUNT,
     "data.batch_size": COUNT,
     "data.num_workers": ZERO_OK,
+    "data.cache": _cache_mode,
+    "data.cache_max_gb": POSITIVE,
     "data.max_bad_fraction": FRACTION,
     "augment.global_size": COUNT,
     "augment.local_size": COUNT,
@@ -242,6 +275,7 @@ RULES: dict[str, Rule] = {
     "trainer.num_nodes": COUNT,
     "trainer.strategy": _strategy,
     "trainer.precision": _precision,
+    "trainer.compile": _compile,
     "trainer.accumulate_grad_batches": COUNT,
     "trainer.gradient_clip_val": Range(0, note="null disables clipping"),
     "trainer.log_every_n_steps": COUNT,

@@ -62,6 +62,15 @@ class TrainerSettings:
         channels_last: store convolution weights channels-last (NHWC), which oneDNN and cuDNN
             run without layout reorders: about 2x faster CNN steps on CPU
             (`acclimate.backbones.layout`); values equal up to float rounding.
+        compile: torch.compile the networks a step runs (`SSLModule.networks`: the student
+            backbone, its EMA teacher, the anchor's frozen start, distillation's teacher; of a
+            ViT its blocks), in place (`acclimate.ssl.compiled`): checkpoints and the export
+            keep the uncompiled key names, so a run resumes with either setting. The first
+            steps are slower (compilation, again for new crop sizes and when the frozen
+            warm-up ends; a time budget re-plans from the later speed); try it on long runs
+            and measure first (``bench/bench_precision.py``). The before/after evaluation
+            runs uncompiled. Needs a C++ compiler on CPU (Triton on GPU); a compile failure
+            stops the run with one line: then set it false.
         sync_batchnorm: convert every BatchNorm (backbone and heads) to torch's SyncBatchNorm so
             that statistics cover the global batch under DDP (GPU only, a torch limitation). The
             contrastive heads already synchronise theirs on any device (``sync_bn_in_head``); the
@@ -89,6 +98,7 @@ class TrainerSettings:
     progress_bar: bool = True
     deterministic: bool = False
     channels_last: bool = True
+    compile: bool = False
     sync_batchnorm: bool = False
 
     def world_size(self) -> int:

@@ -43,6 +43,7 @@ from acclimate.preflight import check_run_dir, estimate_checkpoint_bytes, load_c
 from acclimate.resume import latest_checkpoint, remove_orphans
 from acclimate.run_info import BackboneRef, RunInfo, clip_entry, run_info_of
 from acclimate.ssl import METHODS, OptimSettings, SSLModule
+from acclimate.ssl.compiled import compile_errors, compile_networks, uncompile
 from acclimate.trainer_settings import TrainerSettings
 
 log = logging.getLogger(__name__)
@@ -133,6 +134,9 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool) -> tuple[Path, dict[str,
     if settings.channels_last and has_convolutions(model.module):
         channels_last(model.module)  # student, teachers and the frozen start alike
         channels_last(model.start)
+    if settings.compile:  # after the layout: the compiled graphs are specialised to it
+        compiled = compile_networks(model.module.networks())
+        log.info("trainer.compile: %d network(s) compile on the first steps", len(compiled))
     ev = build_evaluation(recipe, dm, model.start, norm)  # type: ignore[arg-type]
     info = _run_info(recipe, dm, norm, model.adapter, ev.settings.features)
     trainer = _build_trainer(recipe, run_dir, resume, settings, info, model, ev)
@@ -150,7 +154,9 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool) -> tuple[Path, dict[str,
     ckpt = latest_checkpoint(run_dir) if resume else None
     if ckpt is not None:
         log.info("resuming from %s", ckpt)
-    trainer.fit(model.module, datamodule=dm, ckpt_path=ckpt and str(ckpt), weights_only=True)
+    with compile_errors(settings.compile):
+        trainer.fit(model.module, datamodule=dm, ckpt_path=ckpt and str(ckpt), weights_only=True)
+    uncompile(model.module)  # the after-evaluation runs the before-evaluation's (eager) code
     after_training(model.module, ev, trainer, run_dir, metrics, metrics_path, do_eval)
     return run_dir, metrics
 

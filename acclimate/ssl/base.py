@@ -92,6 +92,12 @@ class SSLModule(pl.LightningModule):
         """The backbone whose weights are exported and evaluated."""
         return self.backbone
 
+    def networks(self) -> list[nn.Module]:
+        """The backbone-sized networks a step runs: the student backbone and the anchor's frozen
+        start; methods add their teachers. ``trainer.compile`` compiles these
+        (`acclimate.ssl.compiled`); the heads are small and stay eager."""
+        return [self.backbone] + ([self.anchor.net] if self.anchor is not None else [])
+
     @classmethod
     def check_backbone(cls, name: str) -> str | None:
         """Why this method cannot train timm model ``name`` (checked at config time, no model
@@ -313,6 +319,9 @@ class MomentumTeacherModule(SSLModule):
 
     def export_backbone(self) -> nn.Module:
         return self.teacher_backbone
+
+    def networks(self) -> list[nn.Module]:
+        return [*super().networks(), self.teacher_backbone]
 
     def optimizer_step(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003 - Lightning's hook
         m = self.teacher_momentum()

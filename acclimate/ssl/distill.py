@@ -97,6 +97,9 @@ class Distill(SSLModule):
     def head_modules(self) -> list[nn.Module]:
         return [self.projection]
 
+    def networks(self) -> list[nn.Module]:
+        return [*super().networks(), self.teacher]
+
     @torch.no_grad()
     def teacher_embed(self, x: Tensor) -> Tensor:
         """x: (B, C, H, W) student-normalised views -> (B, D_t) teacher embeddings."""
