@@ -138,6 +138,11 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
         node = OmegaConf.from_dotlist(list(overrides))
     except OmegaConfBaseException as e:
         raise ConfigError(f"{COMMAND_LINE}: cannot parse overrides ({_one_line(e.msg)})") from None
+    except (ValueError, TypeError) as e:  # omegaconf: a key under a list (a=[] then a.b=1)
+        raise ConfigError(
+            f"{COMMAND_LINE}: cannot parse overrides ({_one_line(str(e))}; a key under a list "
+            "needs an integer index, and a section set to a list has no keys)"
+        ) from None
     return OmegaConf.to_container(node, resolve=False)  # type: ignore[return-value]
 
 

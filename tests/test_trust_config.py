@@ -657,3 +657,11 @@ def test_a_run_that_stopped_before_its_first_checkpoint_says_so(tmp_path, capsys
     assert main(["export", str(run), "--out", str(tmp_path / "out")]) == ERROR_EXIT
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert "without any checkpoint" in line and str(run) in line
+
+
+def test_a_key_under_a_list_override_is_a_config_error(tmp_path):
+    """Found by the fuzz test: ``a=[]`` then ``a.b=...`` made omegaconf raise a bare ValueError."""
+    path = tmp_path / "minimal.yaml"
+    path.write_text(MINIMAL)
+    with pytest.raises(ConfigError, match="cannot parse overrides"):
+        load_recipe(path, ["____=[]", "____._=null"])
