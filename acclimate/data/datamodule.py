@@ -14,7 +14,7 @@ import lightning.pytorch as pl
 from torch.utils.data import DataLoader, default_collate
 
 from acclimate.data.dataset import ImageDataset, bad_file_counts, collate_kept
-from acclimate.data.decoded_cache import CACHE_MODES, DecodedCache, decoded_cache
+from acclimate.data.decoded_cache import DecodedCache, check_cache_mode, decoded_cache
 from acclimate.data.readers import DEFAULT_MAX_PIXELS, DataError, ReadOptions, tiff_band_names
 from acclimate.data.sources import (
     FileSource,
@@ -57,8 +57,7 @@ def _check_arguments(
     cache_max_gb: float | None,
 ) -> None:
     """The constructor's own checks (`ReadOptions` checks window, nodata_fill, max_pixels)."""
-    if cache not in CACHE_MODES:
-        raise ValueError(f"cache must be one of {', '.join(CACHE_MODES)}, got {cache!r}")
+    check_cache_mode(cache)
     if cache_max_gb is not None and not cache_max_gb > 0:
         raise ValueError(f"cache_max_gb must be > 0 or null, got {cache_max_gb}")
     if channels < 1:

@@ -40,6 +40,13 @@ Layout = tuple[tuple[int, ...], torch.dtype]  # ((C, H, W), dtype)
 Meta = Layout | BadItem  # what crosses from a fill worker for each item, beside its bytes
 
 
+def check_cache_mode(mode: str) -> None:
+    """ValueError unless ``mode`` is one of `CACHE_MODES` (recipes are checked earlier, in
+    ``rules.py``, with a hint)."""
+    if mode not in CACHE_MODES:
+        raise ValueError(f"cache must be one of {', '.join(CACHE_MODES)}, got {mode!r}")
+
+
 def gigabytes(nbytes: float) -> str:
     return f"{nbytes / 1e9:.2f} GB"
 
@@ -148,8 +155,7 @@ def decoded_cache(
     """The filled cache of ``source`` for ``data.cache: mode``, or None to stream from the
     source (``none``, or ``auto`` when it does not fit); logs the choice. ``processes``: the
     training processes on this machine, each filling its own copy."""
-    if mode not in CACHE_MODES:
-        raise ValueError(f"cache must be one of {', '.join(CACHE_MODES)}, got {mode!r}")
+    check_cache_mode(mode)
     if mode == "none":
         return None
     found = survey(source, skip_constant)
