@@ -70,6 +70,7 @@ class TimeBudget(pl.Callback):
         self.revisions = 0
         self._timed_from: tuple[float, int] | None = None
         self._replan_every = float("inf")
+        self._last_step: int | None = None
 
     def state_dict(self) -> dict[str, Any]:
         return {"planned": self.planned}
@@ -82,38 +83,59 @@ class TimeBudget(pl.Callback):
         trainer.fit_loop.epoch_loop.max_steps = self.planned
 
     def on_train_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        if self.planned is not None:
-            self._apply(trainer, module)
+        if self.planned is None:
+            return
+        self._apply(trainer, module)
+        if trainer.global_step >= self.planned:
+            log.warning(
+                "this run already did the %d steps its time budget planned: nothing is left "
+                "to train (a new trainer.max_time does not extend a planned run; start a new "
+                "run from its export to train further)",
+                self.planned,
+            )
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, module: pl.LightningModule, *args: Any, **kwargs: Any
     ) -> None:
         now, step = time.monotonic(), trainer.global_step
-        out_of_time = trainer.strategy.broadcast(now >= self.deadline)
+        if step == self._last_step:
+            return  # inside a gradient accumulation: stop only between optimisation steps
+        self._last_step = step
+        first_batch = self._timed_from is None
+        if first_batch:
+            self._timed_from = (now, step)  # the first step (start-up) is not timed
+        due = None if first_batch else self._due(now, step, trainer)
+        # one collective per batch, rank 0's clock decides for every rank: each rank's own
+        # clock (rank 0 alone measures the start, so its deadline is earlier) would have the
+        # ranks stop or re-plan at different steps, and the re-plan's broadcast pair with
+        # another rank's next one
+        out_of_time, due = trainer.strategy.broadcast((now >= self.deadline, due))
         if out_of_time and not trainer.should_stop:
             log.info("time budget reached at step %d: stopping with a checkpoint", step)
             trainer.should_stop = True
-        if self._timed_from is None:
-            self._timed_from = (now, step)  # the first step (start-up) is not timed
-            return
+        if due == "first" or (due == "revise" and not trainer.should_stop):
+            self._plan(trainer, module, now, step, first=due == "first")
+
+    def _due(self, now: float, step: int, trainer: pl.Trainer) -> str | None:
+        """``first`` when the speed is measured, ``revise`` at each tenth of the budget."""
         t0, s0 = self._timed_from
         if self.planned is None:
-            if step - s0 >= self.measure_steps:
-                self._plan(trainer, module, now, step, first=True)
-        elif (
+            return "first" if step - s0 >= self.measure_steps else None
+        if (
             now - t0 >= self._replan_every
             and step > s0
             and step < self.replan_until * self.planned
             and not trainer.should_stop
         ):
-            self._plan(trainer, module, now, step, first=False)
+            return "revise"
+        return None
 
     def _plan(
         self, trainer: pl.Trainer, module: pl.LightningModule, now: float, step: int, first: bool
     ) -> None:
         """Plan (or revise) the total steps from the speed since ``_timed_from``."""
         t0, s0 = self._timed_from
-        per_step = (now - t0) / (step - s0)
+        per_step = (now - t0) / max(step - s0, 1)
         left = self.deadline - now
         planned = step + max(int(left / per_step), 0)
         planned = trainer.strategy.broadcast(planned)  # every rank follows rank 0's plan

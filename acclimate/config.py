@@ -202,6 +202,20 @@ def _suggest(key: str, options: Sequence[str]) -> str:
     return f"{hint}valid keys: {', '.join(sorted(options))}"
 
 
+def _quote_hint(value: Any, annotation: Any) -> str:
+    """Why a number came where text was expected: YAML 1.1 (omegaconf, files and overrides)
+    reads unquoted 1:30:00 as the sexagesimal number 5400 and 1e3 or 007 as numbers."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return ""
+    if "str" not in type_name(annotation):
+        return ""
+    return (
+        "; YAML read the unquoted value as a number (1:30:00 becomes 5400): put it in "
+        'quotes in a recipe (max_time: "00:01:30:00"); on the command line a leading 00: '
+        "keeps it text (trainer.max_time=00:01:30:00)"
+    )
+
+
 def _check_section(recipe: Recipe, section: str, fn: Callable[..., Any], given: dict) -> dict:
     """Validate ``given`` against ``fn``'s signature; return it with defaults filled in."""
     params = signature_params(fn, skip=RESERVED.get(section, set()))
@@ -211,7 +225,11 @@ def _check_section(recipe: Recipe, section: str, fn: Callable[..., Any], given: 
             _fail(recipe, dotted, f"unknown key; {_suggest(key, list(params))}")
         annotation, _ = params[key]
         if not check_type(value, annotation):
-            _fail(recipe, dotted, f"expected {type_name(annotation)}, got {value!r}")
+            _fail(
+                recipe,
+                dotted,
+                f"expected {type_name(annotation)}, got {value!r}{_quote_hint(value, annotation)}",
+            )
     missing = [k for k, (_, d) in params.items() if d is inspect.Parameter.empty and k not in given]
     if missing:
         _fail(recipe, f"{section}.{missing[0]}", "required key is missing")

@@ -138,7 +138,7 @@ def before_evaluation(
         metrics["test_images_seen_in_pretraining"] = ev.test_images_seen  # saved with the results
         if ev.test_images_seen:
             write_json_atomic(metrics_path, metrics)
-    evaluated, eval_s = time.monotonic(), 0.0
+    evaluated, eval_s = time.monotonic(), float(metrics.get("before_seconds", 0.0))
     if do_eval and "before" not in metrics:
         log.info("measuring the starting backbone (frozen features, kNN + linear probe)")
         metrics["before"], _ = evaluate_backbone(
@@ -147,6 +147,8 @@ def before_evaluation(
         write_json_atomic(metrics_path, metrics)
         log.info("before: %s", metrics["before"])
         eval_s = time.monotonic() - evaluated  # what the after-evaluation will take again
+        metrics["before_seconds"] = round(eval_s, 1)  # a resumed run keeps its reserve for it
+        write_json_atomic(metrics_path, metrics)
         size = eval_settings.reference_size
         if size:  # the start fed the images upsampled: what it knows but does not show
             log.info("measuring the starting backbone on images resized to %d px", size)

@@ -296,3 +296,35 @@ def test_recipe_checks_the_cache_keys(tmp_path: Path) -> None:
     assert "data.cache_max_gb: must be > 0" in _error(path, ("data.cache_max_gb=0",))
     with pytest.raises(ValueError, match="cache must be one of auto, memory, none"):
         SSLDataModule(str(tmp_path), cache="disk")
+
+
+def test_a_job_cgroup_below_the_root_limits_the_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch scheduler's job limit sits below the cgroup root (cgroup v2 ``0::/path``, v1
+    ``N:memory:/path``): the smallest room left on the way up to the root counts."""
+    from acclimate.data import decoded_cache as dc
+
+    def write(folder: Path, limit: str, usage: int, v1: bool = False) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        names = (
+            ("memory.limit_in_bytes", "memory.usage_in_bytes")
+            if v1
+            else ("memory.max", "memory.current")
+        )
+        (folder / names[0]).write_text(limit + "\n")
+        (folder / names[1]).write_text(f"{usage}\n")
+
+    root = tmp_path / "cgroup"
+    monkeypatch.setattr(dc, "CGROUP_ROOT", root)
+    write(root, "max", 50 << 30)  # the root: no limit
+    write(root / "slurm" / "job_7", str(16 << 30), 6 << 30)  # the job: 10 GiB left
+    write(root / "slurm" / "job_7" / "step_0", "max", 6 << 30)
+    proc = tmp_path / "cgroup.txt"
+    proc.write_text("0::/slurm/job_7/step_0\n")
+    real = dc._cgroup_files
+    monkeypatch.setattr(dc, "_cgroup_files", lambda: real(str(proc)))
+    assert dc.available_memory() <= 10 << 30
+    proc.write_text("4:memory:/job_9\n1:cpu:/\n")  # cgroup v1
+    write(root / "memory" / "job_9", str(3 << 30), 1 << 30, v1=True)
+    assert dc.available_memory() <= 2 << 30

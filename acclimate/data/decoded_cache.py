@@ -86,6 +86,42 @@ def _read_int(path: str) -> int | None:
         return None
 
 
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def _cgroup_files(proc_cgroup: str = "/proc/self/cgroup") -> list[tuple[Path, Path]]:
+    """(limit, usage) files of this process's memory cgroup and of every cgroup above it: a
+    batch scheduler (SLURM, systemd) puts a job's limit below the root, where a container's is at
+    it. cgroup v2 (``0::/path``) and v1 (``N:memory:/path``, also ``...,memory,...``)."""
+    try:
+        lines = Path(proc_cgroup).read_text().splitlines()
+    except OSError:
+        lines = []
+    files = []
+    for line in lines:
+        _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        if controllers == "":
+            base, names = CGROUP_ROOT, ("memory.max", "memory.current")
+        elif "memory" in controllers.split(","):
+            base = CGROUP_ROOT / "memory"
+            names = ("memory.limit_in_bytes", "memory.usage_in_bytes")
+        else:
+            continue
+        parts = [p for p in path.strip().split("/") if p]
+        for depth in range(len(parts), -1, -1):  # this cgroup, then each parent up to the root
+            folder = base.joinpath(*parts[:depth])
+            files.append((folder / names[0], folder / names[1]))
+    if not files:  # no /proc/self/cgroup: the roots
+        files = [
+            (CGROUP_ROOT / "memory.max", CGROUP_ROOT / "memory.current"),
+            (
+                CGROUP_ROOT / "memory" / "memory.limit_in_bytes",
+                CGROUP_ROOT / "memory" / "memory.usage_in_bytes",
+            ),
+        ]
+    return files
+
+
 def available_memory() -> int | None:
     """Bytes of memory that this process may still take: the kernel's MemAvailable, lowered to
     the room left under the container's cgroup limit; None when neither can be read."""
@@ -96,14 +132,7 @@ def available_memory() -> int | None:
             found.append(int(m.group(1)) * 1024)
     except OSError:
         pass
-    cgroups = (
-        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),  # v2
-        (
-            "/sys/fs/cgroup/memory/memory.limit_in_bytes",
-            "/sys/fs/cgroup/memory/memory.usage_in_bytes",
-        ),
-    )
-    for limit_file, usage_file in cgroups:
+    for limit_file, usage_file in _cgroup_files():
         limit, usage = _read_int(limit_file), _read_int(usage_file)
         if limit is not None and usage is not None and limit < 1 << 60:  # v1: 2^63 = none
             found.append(max(limit - usage, 0))
