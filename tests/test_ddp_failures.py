@@ -72,3 +72,22 @@ def test_a_dead_rank_ends_the_job(tmp_path, tiny_dataset, rank):
         time.sleep(0.5)
     assert not _alive(str(run)), "a rank is still running"
     assert time.time() - start < 120
+
+
+def test_a_time_budget_ends_both_ranks_together(tmp_path, tiny_dataset):
+    """``trainer.max_time`` on 2 ranks: rank 0 alone measures the start, so its clock and its
+    deadline differ from rank 1's; the ranks must still plan, re-plan and stop together (one
+    rank's extra broadcast hangs or misreads the other's collectives)."""
+    recipe = write_recipe(tmp_path, tiny_dataset, "test_resnet")
+    run = tmp_path / "run"
+    cmd = [sys.executable, str(ROOT / "train.py"), str(recipe), f"run_dir={run}"]
+    cmd += ["eval.every_n_epochs=0", "trainer.accelerator=cpu", "trainer.devices=2"]
+    cmd += ["trainer.max_time=00:00:00:30"]
+    start = time.monotonic()
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=240)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert time.monotonic() - start < 30 + 120  # start-up, imports and DDP spawn on top
+    assert "planning" in res.stderr + res.stdout
+    saved = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert saved["global_step"] > 11  # past the measured steps: planned, maybe revised, stopped
+    assert (run / "metrics.json").is_file()
