@@ -214,11 +214,48 @@ def bench_multicrop(seconds: float, batch: int) -> None:
         print(f"| lightly DINOTransform (PIL) | 3 uint8 | {g}/{loc} px | {text} | - | - | - |")
 
 
+def bench_interleaved(batch: int, rounds: int = 8) -> None:
+    """acclimate's batched transform against lightly's DINOTransform, batch by batch in turn,
+    timed by this thread's CPU time: on a shared machine both see the same load."""
+    try:
+        from lightly.transforms import DINOTransform
+    except ImportError:
+        print("\nlightly is not installed: no interleaved comparison")
+        return
+    import statistics
+
+    from PIL import Image
+
+    print(
+        f"\n## natural preset against lightly, interleaved, CPU time of 1 thread (batch {batch})\n"
+    )
+    print("| views | acclimate batched (images/s) | lightly DINOTransform | ratio |")
+    print("|---|---|---|---|")
+    for g, loc, side in SIZES:
+        images = [_image(3, side, torch.uint8, s) for s in range(8)]
+        pil = [Image.fromarray(im.permute(1, 2, 0).numpy()) for im in images]
+        ours_t = _transform("natural", 3, g, loc, "cpu")
+        theirs_t = DINOTransform(global_crop_size=g, local_crop_size=loc, n_local_views=6)
+        ours, theirs = [], []
+        for _ in range(rounds):
+            start = time.thread_time()
+            ours_t.batch(default_collate([ours_t.sample(images[i % 8]) for i in range(batch)]))
+            ours.append(batch / (time.thread_time() - start))
+            start = time.thread_time()
+            for i in range(batch):
+                theirs_t(pil[i % 8])
+            theirs.append(batch / (time.thread_time() - start))
+        a, b = statistics.median(ours[1:]), statistics.median(theirs[1:])
+        print(f"| {g}/{loc} px | {a:.0f} | {b:.0f} | {a / b:.2f}x |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=1.0, help="time per measurement")
     parser.add_argument("--batch", type=int, default=64, help="images per batch (batched)")
-    parser.add_argument("--parts", default="ops,multicrop", help="ops, multicrop or both")
+    parser.add_argument(
+        "--parts", default="ops,multicrop,interleaved", help="ops, multicrop, interleaved"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -227,6 +264,8 @@ def main() -> None:
         bench_ops(args.seconds)
     if "multicrop" in parts:
         bench_multicrop(args.seconds, args.batch)
+    if "interleaved" in parts:
+        bench_interleaved(32)
 
 
 if __name__ == "__main__":

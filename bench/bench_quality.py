@@ -43,9 +43,10 @@ DOMAINS = {
     "eurosat": Domain("eurosat", "eurosat_rgb", "train", "valid", "satellite", 64),
     "ucmerced": Domain("ucmerced", "ucmerced_landuse", "train", "test", "satellite", 128),
     "bccd": Domain("bccd", "bccd_wbc4", "train", "test", "microscopy", 128),
+    "mednist": Domain("mednist", "mednist_subset/split.csv", "train", "val", "medical", 64),
 }
 # forgetting: each domain is checked on another domain's labelled set
-FORGETTING = {"eurosat": "ucmerced", "ucmerced": "eurosat", "bccd": "eurosat"}
+FORGETTING = {"eurosat": "ucmerced", "ucmerced": "eurosat", "bccd": "eurosat", "mednist": "eurosat"}
 
 
 def preset_recipe(domain: Domain) -> str:
