@@ -121,12 +121,7 @@ class TimeBudget(pl.Callback):
         t0, s0 = self._timed_from
         if self.planned is None:
             return "first" if step - s0 >= self.measure_steps else None
-        if (
-            now - t0 >= self._replan_every
-            and step > s0
-            and step < self.replan_until * self.planned
-            and not trainer.should_stop
-        ):
+        if now - t0 >= self._replan_every and step > s0 and step < self.replan_until * self.planned:
             return "revise"
         return None
 

@@ -144,11 +144,10 @@ def before_evaluation(
         metrics["before"], _ = evaluate_backbone(
             start, *sources, eval_tf, eval_settings, device=device
         )
-        write_json_atomic(metrics_path, metrics)
-        log.info("before: %s", metrics["before"])
         eval_s = time.monotonic() - evaluated  # what the after-evaluation will take again
         metrics["before_seconds"] = round(eval_s, 1)  # a resumed run keeps its reserve for it
         write_json_atomic(metrics_path, metrics)
+        log.info("before: %s", metrics["before"])
         size = eval_settings.reference_size
         if size:  # the start fed the images upsampled: what it knows but does not show
             log.info("measuring the starting backbone on images resized to %d px", size)

@@ -79,7 +79,7 @@ def survey(source: ImageSource, skip_constant: bool = False, sample: int = SAMPL
     return Survey(round(mean * n), f"from {len(images)} of {len(picked)} sampled images", layout)
 
 
-def _read_int(path: str) -> int | None:
+def _read_int(path: str | Path) -> int | None:
     try:
         return int(Path(path).read_text().split()[0])
     except (OSError, ValueError, IndexError):  # absent, or "max" (no limit)
@@ -96,7 +96,7 @@ def _cgroup_files(proc_cgroup: str = "/proc/self/cgroup") -> list[tuple[Path, Pa
     try:
         lines = Path(proc_cgroup).read_text().splitlines()
     except OSError:
-        lines = []
+        lines = ["0::/", "0:memory:/"]  # unknown: the roots of v2 and v1
     files = []
     for line in lines:
         _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
@@ -111,14 +111,6 @@ def _cgroup_files(proc_cgroup: str = "/proc/self/cgroup") -> list[tuple[Path, Pa
         for depth in range(len(parts), -1, -1):  # this cgroup, then each parent up to the root
             folder = base.joinpath(*parts[:depth])
             files.append((folder / names[0], folder / names[1]))
-    if not files:  # no /proc/self/cgroup: the roots
-        files = [
-            (CGROUP_ROOT / "memory.max", CGROUP_ROOT / "memory.current"),
-            (
-                CGROUP_ROOT / "memory" / "memory.limit_in_bytes",
-                CGROUP_ROOT / "memory" / "memory.usage_in_bytes",
-            ),
-        ]
     return files
 
 
