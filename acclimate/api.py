@@ -43,18 +43,39 @@ def as_overrides(overrides: dict[str, Any]) -> list[str]:
 
 
 def export_run(
-    run: str | Path, out: str | Path, student: bool = False, features: str | None = None
+    run: str | Path,
+    out: str | Path,
+    student: bool = False,
+    features: str | None = None,
+    start_blend: float | None = None,
 ) -> Path:
     """Export a run folder or checkpoint (its newest checkpoint; the EMA teacher unless
     ``student``) to a timm-loadable folder with the run's metrics; returns the folder.
     ``features``: the feature kind recorded for probes and evaluation (default: the run's
-    ``eval.features``)."""
+    ``eval.features``). ``start_blend``: the exported weights are ``start + start_blend *
+    (adapted - start)`` (WiSE-FT, `acclimate.export.blend`; default: the run's
+    ``export.start_blend``, 1 for runs that predate it); the start is rebuilt from the run's
+    ``backbone:`` section."""
+    from acclimate.errors import AcclimateError
     from acclimate.export.artifact import export_backbone
-    from acclimate.export.load import resolve_model
+    from acclimate.export.blend import blend_with_start, start_state
+    from acclimate.export.load import resolve_model, start_of_checkpoint
     from acclimate.export.meta import read_json
 
     resolved = resolve_model(run, which="student" if student else "teacher")
     info = resolved.run_info
+    if start_blend is not None and not 0.0 <= start_blend <= 1.0:
+        raise AcclimateError(f"start_blend must be in [0, 1], got {start_blend}")
+    if info is None and start_blend not in (None, 1.0):
+        raise AcclimateError(
+            f"{run}: an export folder; blend a run folder or checkpoint with its start"
+        )
+    if info is not None:
+        if start_blend is None:
+            start_blend = float(((resolved.recipe or {}).get("export") or {}).get("start_blend", 1))
+        if start_blend != 1.0:
+            start = start_state(start_of_checkpoint(run))
+            blend_with_start(resolved.model, start, start_blend)
     meta = resolved.metadata if info is None else {}  # another export: its acclimate.json
     run = Path(run)
     run_dir = run if run.is_dir() else run.parent.parent
@@ -73,6 +94,7 @@ def export_run(
         clip=meta.get("clip") if info is None or info.clip is None else info.clip.to_dict(),
         features=features or resolved.features or "pooled",
         reader=meta.get("reader") if info is None else info.reader.to_dict(),
+        start_blend=meta.get("start_blend", 1.0) if info is None else start_blend,
     )
 
 

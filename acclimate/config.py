@@ -51,6 +51,7 @@ def _sections() -> dict[str, Callable[..., Any]]:
     from acclimate.data.datamodule import SSLDataModule
     from acclimate.data.transforms import MultiCropTransform
     from acclimate.eval.protocol import EvalSettings
+    from acclimate.export.blend import ExportSettings
     from acclimate.ssl.optim import OptimSettings
     from acclimate.trainer_settings import TrainerSettings
 
@@ -62,6 +63,7 @@ def _sections() -> dict[str, Callable[..., Any]]:
         "optim": OptimSettings,
         "trainer": TrainerSettings,
         "eval": EvalSettings,
+        "export": ExportSettings,
     }
 
 
@@ -330,6 +332,13 @@ def _check_pairs(recipe: Recipe) -> None:
             recipe,
             "optim.min_lr",
             f"must be <= optim.lr ({d['optim']['lr']}), got {d['optim']['min_lr']!r}",
+        )
+    if d["export"]["start_blend"] != 1.0 and d["backbone"]["weights"] is None:
+        _fail(
+            recipe,
+            "export.start_blend",
+            "must be 1 when the backbone starts from random weights (backbone.weights: null): "
+            "there is no start to blend with",
         )
     m = d["method"]
     for start, end in (("momentum_teacher", "momentum_teacher_end"), ("momentum", "momentum_end")):

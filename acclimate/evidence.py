@@ -13,7 +13,7 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
-from acclimate.config import Recipe, recipe_error
+from acclimate.config import Recipe, construct, recipe_error
 from acclimate.data.datamodule import SSLDataModule
 from acclimate.data.dataset import read_bad_file_log
 from acclimate.data.sources import canonical_split
@@ -26,6 +26,7 @@ from acclimate.eval.protocol import (
     held_out_split,
     labelled_splits,
 )
+from acclimate.export.blend import ExportSettings, blended_copy, start_state
 from acclimate.fileio import write_json_atomic
 from acclimate.ssl import SSLModule
 
@@ -96,13 +97,24 @@ class Normalization(NamedTuple):
 @dataclass
 class Evaluation:
     """The before/after protocol's settings, labelled sources (None: no labelled data),
-    transform and normalisation, and whether the test images were among the training images."""
+    transform and normalisation, whether the test images were among the training images, and
+    ``export.start_blend`` with a CPU copy of the start's state when it is below 1 (what is
+    measured after training is what is exported)."""
 
     settings: EvalSettings
     sources: tuple[Any, Any] | None
     test_images_seen: bool
     transform: EvalTransform
     norm: Normalization
+    start_blend: float = 1.0
+    start: dict[str, torch.Tensor] | None = None
+
+    def exported(self, module: SSLModule) -> nn.Module:
+        """The backbone the run exports: the method's, blended with the start when asked."""
+        model = module.export_backbone()
+        if self.start is None:
+            return model
+        return blended_copy(model, self.start, self.start_blend)
 
 
 def build_evaluation(
@@ -118,7 +130,9 @@ def build_evaluation(
     sources, test_images_seen = eval_sources(recipe, dm)
     mean, std, clip = norm
     eval_tf = EvalTransform(dm.image_size, mean, std, clip)
-    return Evaluation(eval_settings, sources, test_images_seen, eval_tf, norm)
+    keep = construct(recipe, "export", ExportSettings).start_blend
+    start_copy = start_state(start) if keep != 1.0 else None
+    return Evaluation(eval_settings, sources, test_images_seen, eval_tf, norm, keep, start_copy)
 
 
 def before_evaluation(
@@ -182,8 +196,11 @@ def after_training(
         write_json_atomic(metrics_path, metrics)
     if do_eval:
         log.info("measuring the adapted backbone with the same protocol")
+        if ev.start is not None:
+            log.info("export.start_blend %g: start + %g x (adapted - start)", *[ev.start_blend] * 2)
+            metrics["start_blend"] = ev.start_blend
         metrics["after"], _ = evaluate_backbone(
-            module.export_backbone(), *sources, eval_tf, eval_settings, device=module.device
+            ev.exported(module), *sources, eval_tf, eval_settings, device=module.device
         )
         metrics["delta"] = {
             k: metrics["after"][k] - metrics["before"][k] for k in ("knn_top1", "linear_top1")

@@ -334,6 +334,7 @@ RULES: dict[str, Rule] = {
     "method.smooth_l1_beta": ZERO_OK,
     "method.teacher_scale": Range(1, 8),
     "method.anchor_weight": ZERO_OK,
+    "export.start_blend": Range(0, 1, note="1: the adapted weights, 0: the start"),
 }
 
 

@@ -26,6 +26,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help=FEATURES_HELP + "the run's eval.features. Probes, evaluate, embed, "
         "acclimate.load and ONNX use it; the weights are the same whatever it is",
     )
+    e.add_argument(
+        "--start-blend",
+        type=float,
+        metavar="KEEP",
+        help="export start + KEEP * (adapted - start), WiSE-FT's weight interpolation: less "
+        "forgetting of other domains for some of the gain (default: the run's "
+        "export.start_blend, 1 = the adapted weights)",
+    )
     e.set_defaults(fn=run)
 
 
@@ -33,10 +41,20 @@ def run(args: argparse.Namespace) -> int:
     from acclimate.api import export_run
     from acclimate.export.meta import read_export_meta
 
-    out = export_run(args.run, args.out, student=args.student, features=args.features)
-    kind = read_export_meta(out).get("features", "pooled")
+    if args.start_blend is not None and not 0.0 <= args.start_blend <= 1.0:
+        raise UsageError(f"--start-blend must be in [0, 1], got {args.start_blend}")
+    out = export_run(
+        args.run,
+        args.out,
+        student=args.student,
+        features=args.features,
+        start_blend=args.start_blend,
+    )
+    meta = read_export_meta(out)
+    kind, keep = meta.get("features", "pooled"), meta.get("start_blend", 1.0)
     who = "student" if args.student else "teacher"
-    print(f"exported {args.run} ({who}, {kind} features) to {out}")
+    blend = f", weights start + {keep:g} x adaptation" if keep != 1.0 else ""
+    print(f"exported {args.run} ({who}, {kind} features{blend}) to {out}")
     if args.onnx:
         from acclimate.export.onnx import add_onnx
 

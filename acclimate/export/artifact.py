@@ -45,6 +45,7 @@ def export_backbone(
     clip: dict[str, Any] | None = None,
     features: str = "pooled",
     reader: dict[str, Any] | None = None,
+    start_blend: float = 1.0,
 ) -> Path:
     """Write ``backbone`` (a timm model with ``num_classes=0``) as an export folder.
 
@@ -60,6 +61,8 @@ def export_backbone(
     data config cannot express it). ``features`` (``eval.features``: ``pooled``, ``cls`` or
     ``last{k}``) is the kind that probes, ``acclimate evaluate``, ``acclimate.load`` and ONNX use
     by default; it is metadata only (timm loads the same weights whatever it is).
+    ``start_blend``: the fraction of the adaptation the weights keep (`acclimate.export.blend`),
+    recorded as ``start_blend``.
     """
     out = Path(out_dir)
     model = merge_lora(copy.deepcopy(backbone).cpu().eval())  # plain weights, timm's names
@@ -93,6 +96,7 @@ def export_backbone(
         else "scale 8-bit to [0, 1], clip each channel to [clip.low, clip.high], resize short "
         "side to image_size (bilinear, antialias), centre crop, subtract mean, divide by std",
         "clip": clip,
+        "start_blend": start_blend,
         **feature_meta,
         "source": source,
         "metrics": metrics or {},

@@ -305,15 +305,46 @@ def load_adapted_backbone(path: str | Path, prefer: str = "teacher") -> nn.Modul
     return _adapted_backbone(ckpt, run_info_of(ckpt, path), Path(path), prefer)
 
 
+def start_section(ckpt: dict[str, Any], info: RunInfo) -> dict[str, Any]:
+    """The ``backbone:`` arguments that rebuild the start a checkpoint was trained from (an
+    adapted run's base-weights reference when it has one)."""
+    from acclimate.adapters import CKPT_KEY
+
+    section = dataclasses.asdict(info.backbone)
+    base = (ckpt.get(CKPT_KEY) or {}).get("base")
+    if base:
+        section.update({k: base[k] for k in section if k in base})
+    return section
+
+
+def start_of_checkpoint(path: str | Path) -> nn.Module:
+    """The starting backbone of a run folder or training checkpoint, rebuilt from its recipe
+    (``backbone.weights``: a file, a package or the hub)."""
+    from acclimate.backbones import create_backbone
+
+    p = Path(path)
+    if p.is_dir():
+        found = latest_checkpoint(p)
+        if found is None:
+            raise AcclimateError(f"{path}: no checkpoint to find the start of")
+        p = found
+    ckpt = load_checkpoint_file(p)
+    section = start_section(ckpt, run_info_of(ckpt, p))
+    if section.get("weights") is None:
+        raise AcclimateError(
+            f"{path}: trained from random weights (backbone.weights: null): there is no start "
+            "to blend with; export without a start blend"
+        )
+    return create_backbone(**section).eval()
+
+
 def _adapted_backbone(ckpt: dict[str, Any], info: RunInfo, path: Path, prefer: str) -> nn.Module:
     from acclimate.adapters import ADAPTER_ATTR, CKPT_KEY, apply_adapter, fingerprint, merge_lora
     from acclimate.adapters.checkpoint import same_fingerprint
     from acclimate.backbones import BackboneError, create_backbone
 
     adapter = ckpt.get(CKPT_KEY) or {}
-    section = dataclasses.asdict(info.backbone)
-    if adapter.get("base"):
-        section.update({k: adapter["base"][k] for k in section if k in adapter["base"]})
+    section = start_section(ckpt, info)
     model = create_backbone(**section)
     apply_adapter(model, info.adapter)
     order = ("teacher_backbone.", "backbone.") if prefer == "teacher" else ("backbone.",)
