@@ -41,8 +41,6 @@ def run(args: argparse.Namespace) -> int:
     from acclimate.api import export_run
     from acclimate.export.meta import read_export_meta
 
-    if args.start_blend is not None and not 0.0 <= args.start_blend <= 1.0:
-        raise UsageError(f"--start-blend must be in [0, 1], got {args.start_blend}")
     out = export_run(
         args.run,
         args.out,
