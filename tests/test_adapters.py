@@ -483,3 +483,27 @@ def test_save_base_false_needs_base_weights(tmp_path: Path, tiny_dataset: Path, 
     meta = json.loads(json.dumps(ckpt["acclimate"]))  # run info: plain JSON types
     assert meta["adapter"]["lora_rank"] == 4
     assert ckpt["acclimate_recipe"]["adapter"]["lora_rank"] == 4  # the recipe, as a record
+
+
+def test_start_blend_of_an_adapted_run_blends_the_merged_weights(
+    tmp_path: Path, tiny_dataset: Path
+) -> None:
+    """LoRA merged first, then blended with the base weights the run started from (rebuilt
+    from the checkpoint's base-weights reference: the small checkpoint does not hold them)."""
+    small = _run(tmp_path, tiny_dataset, False, "export.start_blend=0.5")
+    base = load_file(str(tmp_path / "base.safetensors"))
+    outs = {}
+    for keep in ("1", "0", "0.5"):
+        out = tmp_path / f"export_{keep}"
+        assert main(["export", str(small), "--out", str(out), "--start-blend", keep]) == 0
+        outs[keep] = load_file(str(out / "model.safetensors"))
+    assert not any("lora" in k for k in outs["0.5"])
+    moved = [k for k, v in base.items() if not torch.equal(v, outs["1"][k])]
+    assert moved  # the LoRA-merged layers and the unfrozen last block
+    for k, v in base.items():
+        torch.testing.assert_close(outs["0"][k], v)
+        torch.testing.assert_close(outs["0.5"][k], (v + outs["1"][k]) / 2)
+    default = tmp_path / "export_recipe"
+    assert main(["export", str(small), "--out", str(default)]) == 0  # the run's own 0.5
+    for k, v in load_file(str(default / "model.safetensors")).items():
+        torch.testing.assert_close(v, outs["0.5"][k])
