@@ -113,7 +113,7 @@ def test_a_newer_entry_says_to_upgrade(tmp_path: Path) -> None:
 EXPORT_KEYS = {
     "format_version", "architecture", "num_features", "channels", "image_size", "mean", "std",
     "preprocessing", "clip", "feature_kinds", "features", "feature_dim", "class_token",
-    "source", "metrics", "bands", "reader", "statistics", "value_range",
+    "source", "metrics", "bands", "reader", "statistics", "value_range", "start_blend",
 }  # fmt: skip
 
 
@@ -138,7 +138,7 @@ def test_export_is_as_before_and_old_checkpoints_still_export(tmp_path: Path) ->
     assert resolve_model(str(run)).run_info == info
     assert main(["export", str(run), "--out", str(tmp_path / "new")]) == 0
     meta = json.loads((tmp_path / "new" / "acclimate.json").read_text())
-    assert set(meta) == EXPORT_KEYS
+    assert set(meta) == EXPORT_KEYS and meta["start_blend"] == 1.0
     # the reader as the export wrote it from the recipe's data: keys before run info
     data_keys = ckpt[RECIPE_KEY]["data"]
     old_reader = {k: data_keys[k] for k in ReadOptions().to_dict()}
