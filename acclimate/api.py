@@ -56,10 +56,11 @@ def export_run(
     (adapted - start)`` (WiSE-FT, `acclimate.export.blend`; default: the run's
     ``export.start_blend``, 1 for runs that predate it); the start is rebuilt from the run's
     ``backbone:`` section."""
+    from acclimate.backbones import create_backbone
     from acclimate.errors import AcclimateError
     from acclimate.export.artifact import export_backbone
     from acclimate.export.blend import blend_with_start, start_state
-    from acclimate.export.load import resolve_model, start_of_checkpoint
+    from acclimate.export.load import resolve_model
     from acclimate.export.meta import read_json
 
     resolved = resolve_model(run, which="student" if student else "teacher")
@@ -74,7 +75,13 @@ def export_run(
         if start_blend is None:
             start_blend = float(((resolved.recipe or {}).get("export") or {}).get("start_blend", 1))
         if start_blend != 1.0:
-            start = start_state(start_of_checkpoint(run))
+            section = resolved.start or {}
+            if section.get("weights") is None:
+                raise AcclimateError(
+                    f"{run}: trained from random weights (backbone.weights: null): there is no "
+                    "start to blend with; export without a start blend"
+                )
+            start = start_state(create_backbone(**section))
             blend_with_start(resolved.model, start, start_blend)
     meta = resolved.metadata if info is None else {}  # another export: its acclimate.json
     run = Path(run)

@@ -197,7 +197,8 @@ def after_training(
     if do_eval:
         log.info("measuring the adapted backbone with the same protocol")
         if ev.start is not None:
-            log.info("export.start_blend %g: start + %g x (adapted - start)", *[ev.start_blend] * 2)
+            keep = ev.start_blend
+            log.info("export.start_blend %g: start + %g x (adapted - start)", keep, keep)
             metrics["start_blend"] = ev.start_blend
         metrics["after"], _ = evaluate_backbone(
             ev.exported(module), *sources, eval_tf, eval_settings, device=module.device

@@ -214,6 +214,7 @@ class ResolvedModel:
     features: str | None = None  # the feature kind the export or run records (eval.features)
     run_info: RunInfo | None = None  # a run or checkpoint: its run info
     recipe: dict[str, Any] | None = None  # a run or checkpoint: its resolved recipe, a record
+    start: dict[str, Any] | None = None  # a run or checkpoint: its start's backbone: section
 
 
 def resolve_model(
@@ -290,6 +291,7 @@ def _resolve_checkpoint(path: Path, which: str, image_size: int | None) -> Resol
         info.features,
         info,
         recipe_record(ckpt),
+        start_section(ckpt, info),
     )
 
 
@@ -315,27 +317,6 @@ def start_section(ckpt: dict[str, Any], info: RunInfo) -> dict[str, Any]:
     if base:
         section.update({k: base[k] for k in section if k in base})
     return section
-
-
-def start_of_checkpoint(path: str | Path) -> nn.Module:
-    """The starting backbone of a run folder or training checkpoint, rebuilt from its recipe
-    (``backbone.weights``: a file, a package or the hub)."""
-    from acclimate.backbones import create_backbone
-
-    p = Path(path)
-    if p.is_dir():
-        found = latest_checkpoint(p)
-        if found is None:
-            raise AcclimateError(f"{path}: no checkpoint to find the start of")
-        p = found
-    ckpt = load_checkpoint_file(p)
-    section = start_section(ckpt, run_info_of(ckpt, p))
-    if section.get("weights") is None:
-        raise AcclimateError(
-            f"{path}: trained from random weights (backbone.weights: null): there is no start "
-            "to blend with; export without a start blend"
-        )
-    return create_backbone(**section).eval()
 
 
 def _adapted_backbone(ckpt: dict[str, Any], info: RunInfo, path: Path, prefer: str) -> nn.Module:
