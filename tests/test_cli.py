@@ -17,6 +17,7 @@ import acclimate
 from acclimate.backbones import create_backbone
 from acclimate.cli import main
 from acclimate.data.transforms import EvalTransform
+from acclimate.export.meta import read_export_meta
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -94,6 +95,9 @@ def test_train_export_probe_evaluate(tmp_path, tiny_dataset, backbone, capsys):
 
     export = tmp_path / "export"
     assert main(["export", str(run), "--out", str(export)]) == 0
+    # DINO: the EMA teacher is what ships, and the export and its message say so
+    assert read_export_meta(export)["source"].endswith("last.ckpt (EMA teacher)")
+    assert f"(EMA teacher) to {export} (pooled features)" in capsys.readouterr().out
     stock = timm.create_model(f"local-dir:{export}", pretrained=True, num_classes=0).eval()
     ckpt = create_backbone(backbone, weights=str(run / "checkpoints" / "last.ckpt")).eval()
     x = torch.randn(2, 3, 32, 32)

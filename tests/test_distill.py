@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from acclimate.backbones import create_backbone
 from acclimate.cli import main
 from acclimate.export import export_backbone
+from acclimate.export.meta import read_export_meta
 from acclimate.ssl import METHODS, Distill, OptimSettings
 from acclimate.ssl.distill import input_channels
 from acclimate.ssl.losses import EmbeddingDistillLoss
@@ -100,8 +101,10 @@ def test_distill_from_recipe_exports_a_plain_student(tmp_path, tiny_dataset) -> 
         "method.loss=smooth_l1",
     ]
     # smooth-L1 on unit vectors summed over the teacher's 96 dimensions: at most |d|_1 <= 2 sqrt(96)
-    train_export_check(tmp_path, "distill.yaml", overrides, "test_vit", (0.0, 2 * 96**0.5))
+    export = train_export_check(tmp_path, "distill.yaml", overrides, "test_vit", (0.0, 2 * 96**0.5))
     run = tmp_path / "run"
+    # the export names the network it holds: the student (distill's teacher is the frozen start)
+    assert read_export_meta(export)["source"].endswith("last.ckpt (student)")
     saved = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert not any(k.startswith("teacher.") for k in saved["state_dict"])  # rebuilt on resume
     assert any(k.startswith("projection.") for k in saved["state_dict"])

@@ -16,6 +16,7 @@ import acclimate
 from acclimate.backbones import create_backbone
 from acclimate.data.transforms import EvalTransform
 from acclimate.export import META_FILE, export_backbone
+from acclimate.export.load import network_of
 
 
 def _backbone(name: str, in_chans: int) -> nn.Module:
@@ -106,3 +107,11 @@ def test_export_refuses_unmerged_lora(tmp_path: Path) -> None:
 def test_load_refuses_a_non_export(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="not an acclimate export"):
         acclimate.load(tmp_path)
+
+
+def test_network_of_names_what_the_checkpoint_holds() -> None:
+    ema = {"backbone.w": torch.zeros(1), "teacher_backbone.w": torch.zeros(1)}
+    plain = {"backbone.w": torch.zeros(1), "projection.w": torch.zeros(1)}  # distill, SimCLR, MAE
+    assert network_of(ema, "teacher") == "EMA teacher"
+    assert network_of(ema, "student") == "student"
+    assert network_of(plain, "teacher") == "student"  # no EMA teacher: the trained backbone ships

@@ -50,9 +50,8 @@ def run(args: argparse.Namespace) -> int:
     )
     meta = read_export_meta(out)
     kind, keep = meta.get("features", "pooled"), meta.get("start_blend", 1.0)
-    who = "student" if args.student else "teacher"
     blend = f", weights start + {keep:g} x adaptation" if keep != 1.0 else ""
-    print(f"exported {args.run} ({who}, {kind} features{blend}) to {out}")
+    print(f"exported {meta.get('source') or args.run} to {out} ({kind} features{blend})")
     if args.onnx:
         from acclimate.export.onnx import add_onnx
 

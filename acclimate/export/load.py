@@ -267,6 +267,15 @@ def resolve_model(
     return ResolvedModel(model, mean, std, image_size or 224, f"{spec} (weights: {weights})")
 
 
+def network_of(state_dict: dict[str, Any], which: str) -> str:
+    """The network a checkpoint's backbone comes from for ``which``: its EMA teacher
+    (``teacher_backbone.*``) when asked and present, else the backbone that trained (the only
+    one of methods without an EMA teacher: distill's teacher is the frozen start, not it)."""
+    if which == "teacher" and any(k.startswith("teacher_backbone.") for k in state_dict):
+        return "EMA teacher"
+    return "student"
+
+
 def _resolve_checkpoint(path: Path, which: str, image_size: int | None) -> ResolvedModel:
     """A training checkpoint's backbone (``which`` network) and preprocessing, from its
     `RunInfo`."""
@@ -284,7 +293,7 @@ def _resolve_checkpoint(path: Path, which: str, image_size: int | None) -> Resol
         list(info.mean),
         list(info.std),
         image_size or info.image_size,
-        f"checkpoint {path} ({which})",
+        f"checkpoint {path} ({network_of(ckpt['state_dict'], which)})",
         info.to_dict(),
         info.reader,
         None if info.clip is None else info.clip.bounds,
