@@ -156,9 +156,21 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool) -> tuple[Path, dict[str,
         log.info("resuming from %s", ckpt)
     with compile_errors(settings.compile):
         trainer.fit(model.module, datamodule=dm, ckpt_path=ckpt and str(ckpt), weights_only=True)
+    _save_final_checkpoint(trainer, run_dir)
     uncompile(model.module)  # the after-evaluation runs the before-evaluation's (eager) code
     after_training(model.module, ev, trainer, run_dir, metrics, metrics_path, do_eval)
     return run_dir, metrics
+
+
+def _save_final_checkpoint(trainer: pl.Trainer, run_dir: Path) -> None:
+    """Make ``last.ckpt`` hold the final weights. Lightning refreshes it only when a periodic
+    checkpoint is written, and at the end of training only if none was: a run that ends between
+    two saves (``trainer.checkpoint_every_n_epochs`` >= 2, a time budget ending mid-way) would
+    otherwise measure its final weights and export, and resume from, older ones."""
+    saved = getattr(trainer.checkpoint_callback, "_last_global_step_saved", None)
+    if trainer.global_step > 0 and saved != trainer.global_step:  # unknown: write it anyway
+        log.info("writing last.ckpt at the final step %d", trainer.global_step)
+        trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")  # atomic, all ranks
 
 
 def _build_data(recipe: Recipe, run_dir: Path) -> tuple[nn.Module, SSLDataModule, Normalization]:

@@ -112,6 +112,7 @@ def test_train_export_probe_evaluate(tmp_path, tiny_dataset, backbone, capsys):
     info = json.loads((export / "probes" / "colours.json").read_text())
     assert info["classes"] == ["class_0", "class_1", "class_2"]
     assert info["protocol"]["knn_k"] == 20 and info["protocol"]["features"] == "pooled"
+    assert info["weight_decay"] == info["metrics"]["probe_weight_decay"]  # the one it was fit with
     card = (export / "README.md").read_text()
     assert "kNN top-1 (k=20)" in card and "Protocol: frozen `pooled` features" in card
     ex = acclimate.load(export)

@@ -58,3 +58,22 @@ def test_cli_export_onnx(tmp_path, tiny_dataset, monkeypatch, capsys):
     images = sorted((tiny_dataset / "val" / "class_1").glob("*.png"))[:3]
     got = onnx_features(out / "model.onnx", ex.preprocess(images))
     assert (got - ex.features(images)).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("diff", [float("nan"), 0.5])
+def test_cli_export_onnx_that_disagrees_fails_and_removes_it(tmp_path, monkeypatch, capsys, diff):
+    torch.manual_seed(0)
+    model = timm.create_model("test_resnet", num_classes=0).eval()
+    resolved = ResolvedModel(model, [0.5] * 3, [0.25] * 3, 32, "a test run")
+    load_module = sys.modules["acclimate.export.load"]
+    monkeypatch.setattr(load_module, "resolve_model", lambda *a, **k: resolved)
+    # onnxruntime's output off by `diff` (NaN: `nan > tolerance` is False, so it must be tested)
+    onnx_module = sys.modules["acclimate.export.onnx"]
+    monkeypatch.setattr(onnx_module, "onnx_max_abs_diff", lambda *a, **k: diff)
+    run, out = tmp_path / "run", tmp_path / "export"
+    run.mkdir()
+    assert main(["export", str(run), "--out", str(out), "--onnx"]) == 2
+    err = capsys.readouterr().err
+    assert "model.onnx: onnxruntime's features differ from PyTorch's" in err
+    assert not (out / "model.onnx").exists()
+    assert "onnx" not in json.loads((out / "acclimate.json").read_text())

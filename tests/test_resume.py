@@ -214,3 +214,28 @@ def test_keep_checkpoints_is_checked_at_load(tmp_path, tiny_dataset):
     with pytest.raises(ConfigError, match="trainer.keep_checkpoints"):
         load_recipe(recipe, ["trainer.keep_checkpoints=0"])
     assert load_recipe(recipe).data["trainer"]["keep_checkpoints"] == 3
+
+
+def test_last_checkpoint_holds_the_final_weights_between_periodic_saves(tmp_path, tiny_dataset):
+    """checkpoint_every_n_epochs=2 with 3 epochs: Lightning's own last.ckpt stays at epoch 2;
+    the run's last.ckpt (what export and resume read) must hold the final step's weights."""
+    from acclimate.cli import main
+
+    recipe = write_recipe(tmp_path, tiny_dataset, "test_resnet")
+    run = tmp_path / "run"
+    quiet = ["eval.before_after=false", "eval.every_n_epochs=0"]
+    args = ["train", str(recipe), f"run_dir={run}", "trainer.max_epochs=3", *quiet]
+    assert main([*args, "trainer.checkpoint_every_n_epochs=2"]) == 0
+    names = sorted(p.name for p in (run / "checkpoints").glob("*.ckpt"))
+    assert names == ["epoch001.ckpt", "last.ckpt"]
+    periodic = torch.load(run / "checkpoints" / "epoch001.ckpt", weights_only=True)
+    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == 3 * 4 and periodic["global_step"] == 2 * 4
+    assert any(
+        not torch.equal(last["state_dict"][k], periodic["state_dict"][k])
+        for k in last["state_dict"]
+        if last["state_dict"][k].is_floating_point()
+    )
+    # it resumes as a finished epoch: one more epoch is 4 more steps, not a repeat of the third
+    assert main(["train", "--resume", str(run), "trainer.max_epochs=4"]) == 0
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 16

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from acclimate.eval.features import FeatureKind, check_kind, features_of
+from acclimate.export.artifact import ExportError
 from acclimate.fileio import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -135,11 +137,14 @@ def add_onnx(export_dir: str | Path, check: bool = True, tolerance: float = 1e-4
         except ImportError:
             log.warning("onnxruntime is not installed: model.onnx was not checked")
         else:
-            if info["max_abs_diff"] > tolerance:
-                log.warning(
-                    "model.onnx differs from PyTorch by up to %.2e (tolerance %.0e)",
-                    info["max_abs_diff"],
-                    tolerance,
+            diff = info["max_abs_diff"]
+            if not math.isfinite(diff) or diff > tolerance:  # NaN compares False: test it
+                (out / "model.onnx").unlink(missing_ok=True)
+                raise ExportError(
+                    f"{out / 'model.onnx'}: onnxruntime's features differ from PyTorch's by up "
+                    f"to {diff:.2e} on a random batch (tolerance {tolerance:.0e}); the file was "
+                    "removed. Check the opset and onnxruntime versions (`pip install "
+                    "'acclimate[onnx]'` with constraints.txt), or export without --onnx"
                 )
     meta_file = out / META_FILE
     meta = read_export_meta(out)

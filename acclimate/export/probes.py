@@ -59,7 +59,9 @@ def fit_probe(
         "classes": train_src.classes,
         "data": str(data),
         "metrics": metrics,
-        "weight_decay": protocol.probe_weight_decay,
+        # the decay the saved probe was fitted with (chosen on the validation split), not the
+        # protocol's tie-break preference
+        "weight_decay": metrics.get("probe_weight_decay", protocol.probe_weight_decay),
         "protocol": protocol.as_record(),
     }
     write_json_atomic(probes / f"{name}.json", info)
