@@ -4,10 +4,13 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -87,6 +90,10 @@ def export_run(
     run = Path(run)
     run_dir = run if run.is_dir() else run.parent.parent
     metrics_file = run_dir / "metrics.json"
+    metrics = read_json(metrics_file) if metrics_file.is_file() else {}
+    if info is not None:
+        keep = 1.0 if start_blend is None else start_blend
+        metrics = _evidence_for(metrics, resolved.trained or {}, keep, run)
     return export_backbone(
         resolved.model,
         out,
@@ -94,7 +101,7 @@ def export_run(
         std=resolved.std,
         image_size=resolved.image_size,
         recipe=resolved.recipe,
-        metrics=read_json(metrics_file) if metrics_file.is_file() else {},
+        metrics=metrics,
         source=resolved.description,
         bands=meta.get("bands") if info is None else info.bands,
         statistics=meta.get("statistics") if info is None else info.statistics,
@@ -103,6 +110,35 @@ def export_run(
         reader=meta.get("reader") if info is None else info.reader.to_dict(),
         start_blend=meta.get("start_blend", 1.0) if info is None else start_blend,
     )
+
+
+def _evidence_for(
+    metrics: dict[str, Any], exported: dict[str, Any], keep: float, run: Path
+) -> dict[str, Any]:
+    """The run's metrics for an export of ``exported`` (``{"network", "step"}``) blended at
+    ``keep``: its after-evaluation (``after``, ``delta``) only if it measured these weights, the
+    same network at the same step with the same blend; otherwise without them, and a warning.
+    Runs from before ``after_of`` was recorded measured the default export's network."""
+    if "after" not in metrics:
+        return metrics
+    measured = metrics.get("after_of") or {"network": exported.get("default")}
+    differs = []
+    if measured.get("network") != exported.get("network"):
+        differs.append(f"the {measured['network']}, not the {exported['network']}")
+    if measured.get("step", exported.get("step")) != exported.get("step"):
+        differs.append(f"step {measured['step']}, not {exported['step']}")
+    if float(metrics.get("start_blend", 1.0)) != keep:
+        differs.append(f"start blend {metrics.get('start_blend', 1.0):g}, not {keep:g}")
+    if not differs:
+        return metrics
+    log.warning(
+        "%s: the run's after-evaluation measured %s: its before -> after figures are left out of "
+        "this export (measure it with `acclimate evaluate`)",
+        run,
+        "; ".join(differs),
+    )
+    kept = {k: v for k, v in metrics.items() if k not in ("after", "delta", "after_of")}
+    return {**kept, "after_left_out": "; ".join(differs)}
 
 
 def train(

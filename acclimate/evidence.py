@@ -203,6 +203,9 @@ def after_training(
         metrics["after"], _ = evaluate_backbone(
             ev.exported(module), *sources, eval_tf, eval_settings, device=module.device
         )
+        # what was measured, so that an export of other weights does not carry these figures
+        network = "student" if module.export_backbone() is module.backbone else "EMA teacher"
+        metrics["after_of"] = {"network": network, "step": trainer.global_step}
         metrics["delta"] = {
             k: metrics["after"][k] - metrics["before"][k] for k in ("knn_top1", "linear_top1")
         }

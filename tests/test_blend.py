@@ -89,12 +89,19 @@ def test_a_run_measures_and_exports_the_blend(tmp_path, tiny_dataset):
     for k, v in start.items():
         if v.is_floating_point():
             torch.testing.assert_close(exported[k], v)
-    assert json.loads((run.export / "acclimate.json").read_text())["start_blend"] == 0.0
+    meta = json.loads((run.export / "acclimate.json").read_text())
+    assert meta["start_blend"] == 0.0 and meta["metrics"]["after"] == m["after"]  # measured ones
 
     full, half = tmp_path / "full", tmp_path / "half"
     assert main(["export", str(run.folder), "--out", str(full), "--start-blend", "1"]) == 0
     assert main(["export", str(run.folder), "--out", str(half), "--start-blend", "0.5"]) == 0
     adapted, mid = _weights(full), _weights(half)
+    # the run measured the blend at 0: exports at other blends do not carry its "after"
+    for folder, keep in ((full, "1"), (half, "0.5")):
+        other = json.loads((folder / "acclimate.json").read_text())["metrics"]
+        assert "after" not in other and "delta" not in other and "before" in other
+        assert other["after_left_out"] == f"start blend 0, not {keep}"
+        assert f"measured start blend 0, not {keep}." in (folder / "README.md").read_text()
     moved = [
         k for k, v in start.items() if v.is_floating_point() and not torch.equal(v, adapted[k])
     ]

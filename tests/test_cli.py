@@ -98,6 +98,16 @@ def test_train_export_probe_evaluate(tmp_path, tiny_dataset, backbone, capsys):
     # DINO: the EMA teacher is what ships, and the export and its message say so
     assert read_export_meta(export)["source"].endswith("last.ckpt (EMA teacher)")
     assert f"(EMA teacher) to {export} (pooled features)" in capsys.readouterr().out
+    assert read_export_meta(export)["metrics"]["after"] == metrics["after"]
+    # other weights than the after-evaluation measured: the student, an earlier epoch
+    for other, args in (("student", ["--student"]), ("epoch", [])):
+        src = run / "checkpoints" / "epoch000.ckpt" if other == "epoch" else run
+        folder = tmp_path / f"export-{other}"
+        assert main(["export", str(src), "--out", str(folder), *args]) == 0
+        kept = read_export_meta(folder)["metrics"]
+        assert "after" not in kept and "delta" not in kept and kept["before"] == metrics["before"]
+        want = "the EMA teacher, not the student" if other == "student" else "step "
+        assert kept["after_left_out"].startswith(want)
     stock = timm.create_model(f"local-dir:{export}", pretrained=True, num_classes=0).eval()
     ckpt = create_backbone(backbone, weights=str(run / "checkpoints" / "last.ckpt")).eval()
     x = torch.randn(2, 3, 32, 32)

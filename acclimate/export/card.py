@@ -183,6 +183,14 @@ def write_model_card(out: str | Path) -> Path:
     m = meta.get("metrics") or {}
     if m.get("before") and m.get("after"):
         lines += _before_after_lines(m, recipe)
+    elif m.get("after_left_out"):
+        lines += [
+            "## Before / after adaptation",
+            "",
+            f"Not for these weights: the run's after-evaluation measured {m['after_left_out']}. "
+            "Measure this export with `acclimate evaluate`.",
+            "",
+        ]
     if isinstance((meta.get("evaluation") or {}).get("models"), dict):
         lines += _evaluation_lines(meta["evaluation"])
     if meta.get("onnx"):

@@ -215,6 +215,7 @@ class ResolvedModel:
     run_info: RunInfo | None = None  # a run or checkpoint: its run info
     recipe: dict[str, Any] | None = None  # a run or checkpoint: its resolved recipe, a record
     start: dict[str, Any] | None = None  # a run or checkpoint: its start's backbone: section
+    trained: dict[str, Any] | None = None  # a checkpoint: its network, step, default network
 
 
 def resolve_model(
@@ -283,6 +284,7 @@ def _resolve_checkpoint(path: Path, which: str, image_size: int | None) -> Resol
 
     ckpt = load_checkpoint_file(path)
     info = run_info_of(ckpt, path)
+    network = network_of(ckpt["state_dict"], which)
     if info.adapter.active:  # base + adapter, LoRA merged
         model = _adapted_backbone(ckpt, info, path, which)
     else:
@@ -293,7 +295,7 @@ def _resolve_checkpoint(path: Path, which: str, image_size: int | None) -> Resol
         list(info.mean),
         list(info.std),
         image_size or info.image_size,
-        f"checkpoint {path} ({network_of(ckpt['state_dict'], which)})",
+        f"checkpoint {path} ({network})",
         info.to_dict(),
         info.reader,
         None if info.clip is None else info.clip.bounds,
@@ -301,6 +303,11 @@ def _resolve_checkpoint(path: Path, which: str, image_size: int | None) -> Resol
         info,
         recipe_record(ckpt),
         start_section(ckpt, info),
+        {
+            "network": network,
+            "step": int(ckpt.get("global_step", -1)),
+            "default": network_of(ckpt["state_dict"], "teacher"),  # what a plain export holds
+        },
     )
 
 
