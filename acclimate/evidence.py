@@ -3,9 +3,10 @@ training and the adapted one after it with the same protocol, and the one-line s
 
 from __future__ import annotations
 
+import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -108,6 +109,7 @@ class Evaluation:
     norm: Normalization
     start_blend: float = 1.0
     start: dict[str, torch.Tensor] | None = None
+    measured_with: dict[str, Any] = field(default_factory=dict)  # what `before` depends on
 
     def exported(self, module: SSLModule) -> nn.Module:
         """The backbone the run exports: the method's, blended with the start when asked."""
@@ -132,7 +134,17 @@ def build_evaluation(
     eval_tf = EvalTransform(dm.image_size, mean, std, clip)
     keep = construct(recipe, "export", ExportSettings).start_blend
     start_copy = start_state(start) if keep != 1.0 else None
-    return Evaluation(eval_settings, sources, test_images_seen, eval_tf, norm, keep, start_copy)
+    measured_with = {  # as JSON gives it back, to compare with a resumed run's record
+        "protocol": eval_settings.as_record(),
+        "data": eval_settings.data,
+        "reference_size": eval_settings.reference_size,
+        "image_size": dm.image_size,
+        "normalization": list(norm),
+    }
+    measured_with = json.loads(json.dumps(measured_with))
+    return Evaluation(
+        eval_settings, sources, test_images_seen, eval_tf, norm, keep, start_copy, measured_with
+    )
 
 
 def before_evaluation(
@@ -153,6 +165,16 @@ def before_evaluation(
         if ev.test_images_seen:
             write_json_atomic(metrics_path, metrics)
     evaluated, eval_s = time.monotonic(), float(metrics.get("before_seconds", 0.0))
+    recorded = metrics.get("before_with")
+    if do_eval and "before" in metrics and recorded is not None and recorded != ev.measured_with:
+        changed = sorted(k for k in ev.measured_with if recorded.get(k) != ev.measured_with[k])
+        log.info(
+            "the evaluation changed since the start was measured (%s): measuring it "
+            "again, so that before and after share one protocol",
+            ", ".join(changed),
+        )
+        for k in ("before", "start_at_reference_size", "after", "delta", "after_of"):
+            metrics.pop(k, None)
     if do_eval and "before" not in metrics:
         log.info("measuring the starting backbone (frozen features, kNN + linear probe)")
         metrics["before"], _ = evaluate_backbone(
@@ -160,6 +182,7 @@ def before_evaluation(
         )
         eval_s = time.monotonic() - evaluated  # what the after-evaluation will take again
         metrics["before_seconds"] = round(eval_s, 1)  # a resumed run keeps its reserve for it
+        metrics["before_with"] = ev.measured_with
         write_json_atomic(metrics_path, metrics)
         log.info("before: %s", metrics["before"])
         size = eval_settings.reference_size

@@ -173,6 +173,16 @@ def test_resume_continues_from_last_checkpoint(tmp_path, tiny_dataset):
     second = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert second["global_step"] == 2 * first["global_step"]
     assert second["epoch"] == first["epoch"] + 1
+    # the start's figures are kept while the protocol is the same, measured again when not
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["before_with"]["protocol"]["max_test_images"] == 5000
+    assert metrics["before"]["n_test"] == 18
+    assert (
+        main(["train", "--resume", str(run), "trainer.max_epochs=3", "eval.max_test_images=6"]) == 0
+    )
+    again = json.loads((run / "metrics.json").read_text())
+    assert again["before"]["n_test"] == 6 and again["after"]["n_test"] == 6
+    assert again["before_with"]["protocol"]["max_test_images"] == 6
     # refusing to overwrite a finished run
     assert main(["train", str(recipe), f"run_dir={run}"]) == 2
 
