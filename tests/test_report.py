@@ -202,7 +202,10 @@ def test_evaluate_writes_a_consistent_report(tmp_path, tiny_dataset, two_models,
     assert "Evaluation report" in card and "**this export**" in card
     assert f"{m['macro_f1']:.4f}" in card
     assert "Protocol: frozen `pooled` features; weighted kNN (k=20" in card
-    assert meta["evaluation"]["protocol"]["max_test_images"] == 10000  # --max-images
+    assert meta["evaluation"]["protocol"]["max_test_images"] == 5000  # training's protocol
+    # the start (a timm name) read as the export is: its statistics, at the given size
+    start = result["models"]["test_resnet"]["preprocessing"]
+    assert start == {"image_size": 32, "mean": [0.5] * 3, "std": [0.25] * 3}
 
 
 def test_measure_features_without_optional_parts() -> None:

@@ -4,6 +4,7 @@ models (:mod:`acclimate.eval.report`), recorded in the export folders among them
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -100,6 +101,34 @@ def evaluation_kind(models: Sequence[str], given: str | None) -> str:
     return kinds[0] if kinds else "pooled"
 
 
+def like_recorded(specs: Sequence[str], resolved: list[Any], image_size: int | None) -> list[Any]:
+    """Timm names among the MODELs (a start beside its export) read and normalise the images as
+    the first export, run or checkpoint among them does, at its image size unless
+    ``--image-size`` is given: training's before/after measures the start that way, and a
+    comparison under two preprocessings would mix their difference into the delta."""
+    from pathlib import Path
+
+    pairs = list(zip(specs, resolved, strict=True))
+    ref = next(((s, r) for s, r in pairs if Path(s).exists()), None)
+    if ref is None:
+        return resolved
+    ref_spec, ref_r = ref
+    out = []
+    for spec, r in pairs:
+        if not Path(spec).exists() and len(r.mean) == len(ref_r.mean):
+            r = dataclasses.replace(
+                r,
+                mean=ref_r.mean,
+                std=ref_r.std,
+                clip=ref_r.clip,
+                options=ref_r.options,
+                image_size=image_size or ref_r.image_size,
+                description=f"{r.description}; preprocessing of {ref_spec}",
+            )
+        out.append(r)
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     from acclimate.data.transforms import EvalTransform
     from acclimate.eval.report import measure_model, write_report
@@ -118,15 +147,21 @@ def run(args: argparse.Namespace) -> int:
         "models": {},
     }
     embeddings = {}
-    for spec in args.models:
-        r = resolve_model(
-            spec, weights=args.weights, image_size=args.image_size, in_chans=args.channels
-        )
+    resolved = [
+        resolve_model(s, weights=args.weights, image_size=args.image_size, in_chans=args.channels)
+        for s in args.models
+    ]
+    resolved = like_recorded(args.models, resolved, args.image_size)
+    for spec, r in zip(args.models, resolved, strict=True):
         tf = EvalTransform(r.image_size, r.mean, r.std, r.clip)
         metrics, embeddings[spec] = measure_model(
             r.model, tf, len(r.mean), args.data, settings, r.options, args.forgetting_data
         )
-        results["models"][spec] = {"description": r.description, **metrics}
+        results["models"][spec] = {
+            "description": r.description,
+            "preprocessing": {"image_size": r.image_size, "mean": r.mean, "std": r.std},
+            **metrics,
+        }
         print(
             f"{spec}: linear top-1 {metrics['linear_top1']:.4f}, kNN top-1 "
             f"{metrics['knn_top1']:.4f}, macro-F1 {metrics['macro_f1']:.4f} "

@@ -35,7 +35,12 @@ def add_eval_args(q: argparse.ArgumentParser) -> None:
     q.add_argument("--data", required=True, help="labelled source (class folders, CSV, .npz)")
     q.add_argument("--train-split", default="train", help="split the probe is fitted on")
     q.add_argument("--test-split", default="auto", help="held-out split (auto: test, else val)")
-    q.add_argument("--max-images", type=int, default=10000, help="cap per split (random subset)")
+    q.add_argument(
+        "--max-images",
+        type=int,
+        help="cap per split (random subset); default: training's own protocol, at most 10,000 "
+        "train and 5,000 test images",
+    )
     q.add_argument("--weight-decay", type=float, default=1e-3, help="linear-probe L2 penalty")
 
 
@@ -51,8 +56,11 @@ def protocol_args(args: argparse.Namespace) -> dict[str, object]:
     return {
         "train_split": args.train_split,
         "test_split": args.test_split,
-        "max_train_images": args.max_images,
-        "max_test_images": args.max_images,
+        **(
+            {}  # the Protocol's defaults: what training's before/after uses
+            if args.max_images is None
+            else {"max_train_images": args.max_images, "max_test_images": args.max_images}
+        ),
         "probe_weight_decay": args.weight_decay,
     }
 
