@@ -106,16 +106,15 @@ def like_recorded(specs: Sequence[str], resolved: list[Any], image_size: int | N
     the first export, run or checkpoint among them does, at its image size unless
     ``--image-size`` is given: training's before/after measures the start that way, and a
     comparison under two preprocessings would mix their difference into the delta."""
-    from pathlib import Path
-
     pairs = list(zip(specs, resolved, strict=True))
-    ref = next(((s, r) for s, r in pairs if Path(s).exists()), None)
+    recorded = [r.run_info is not None or bool(r.metadata) for r in resolved]  # not timm names
+    ref = next((p for p, rec in zip(pairs, recorded, strict=True) if rec), None)
     if ref is None:
         return resolved
     ref_spec, ref_r = ref
     out = []
-    for spec, r in pairs:
-        if not Path(spec).exists() and len(r.mean) == len(ref_r.mean):
+    for r, rec in zip(resolved, recorded, strict=True):
+        if not rec and len(r.mean) == len(ref_r.mean):
             r = dataclasses.replace(
                 r,
                 mean=ref_r.mean,

@@ -284,7 +284,8 @@ def _resolve_checkpoint(path: Path, which: str, image_size: int | None) -> Resol
 
     ckpt = load_checkpoint_file(path)
     info = run_info_of(ckpt, path)
-    network = network_of(ckpt["state_dict"], which)
+    default = network_of(ckpt["state_dict"], "teacher")  # what a plain export holds
+    network = default if which == "teacher" else "student"
     if info.adapter.active:  # base + adapter, LoRA merged
         model = _adapted_backbone(ckpt, info, path, which)
     else:
@@ -306,7 +307,7 @@ def _resolve_checkpoint(path: Path, which: str, image_size: int | None) -> Resol
         {
             "network": network,
             "step": int(ckpt.get("global_step", -1)),
-            "default": network_of(ckpt["state_dict"], "teacher"),  # what a plain export holds
+            "default": default,
         },
     )
 
