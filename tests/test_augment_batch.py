@@ -92,6 +92,24 @@ def test_ops_equal_torchvision_factor_by_factor() -> None:
     torch.testing.assert_close(blurred, expected, atol=1e-5, rtol=0)
 
 
+def test_hue_matches_torchvision_on_gray_pixels_and_ties() -> None:
+    """The sector of each pixel comes from float arithmetic (sign, lerp), not a mask: gray
+    pixels, two channels tied for the max, 0 and 1, and shifts up to half the circle."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(6, 3, 8, 8, generator=g)
+    x[:, :, 0] = 0.4  # gray rows
+    x[:, 1, 1] = x[:, 0, 1]  # red and green tied
+    x[:, 2, 2] = x[:, 1, 2]  # green and blue tied
+    x[:, 2, 3] = x[:, 0, 3]  # red and blue tied
+    x[:, :, 4, :4], x[:, :, 4, 4:] = 0.0, 1.0
+    x[:, 0, 5] = 1.0  # a saturated channel beside others
+    hue = torch.tensor([-0.5, -0.37, -0.02, 0.0, 0.11, 0.5])
+    expected = torch.stack([TF.adjust_hue(xi, float(h)) for xi, h in zip(x, hue, strict=True)])
+    torch.testing.assert_close(shift_hue(x, _rows(hue)), expected, atol=1e-5, rtol=0)
+    shift_hue(x, _rows(hue))
+    torch.testing.assert_close(x[:, :, 0], torch.full_like(x[:, :, 0], 0.4))  # input unchanged
+
+
 def test_color_jitter_applies_its_ops_in_each_samples_order() -> None:
     x = torch.rand(3, 3, 12, 12)
     u = torch.tensor(

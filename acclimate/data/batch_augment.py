@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from acclimate.data.color import blend, grayscale, shift_hue
+from acclimate.data.color import blend, grayscale, mean_luma, shift_hue
 
 DRAW_BITS = 24  # uniforms u = k / 2**24: exact in float32
 
@@ -115,11 +115,11 @@ class ColorJitter(BatchOp):
 
 
 def _brightness(x: Tensor, f: Tensor) -> Tensor:
-    return (x * f).clamp(0, 1)
+    return (x * f).clamp_(0, 1)
 
 
 def _contrast(x: Tensor, f: Tensor) -> Tensor:
-    return blend(x, grayscale(x).mean(dim=(-3, -2, -1), keepdim=True), f)
+    return blend(x, mean_luma(x), f)
 
 
 def _saturation(x: Tensor, f: Tensor) -> Tensor:
@@ -270,7 +270,9 @@ class Solarize(BatchOp):
     """Invert values at or above half the range (``transforms.RandomSolarize``)."""
 
     def apply(self, x: Tensor, u: Tensor, unit: bool) -> Tensor:
-        return torch.where(x >= 0.5, 1 - x, x)
+        # 0.5 - |x - 0.5|: x below half, 1 - x from half up, without a bool mask (a float
+        # op is several times cheaper on the CPU)
+        return (x - 0.5).abs_().neg_().add_(0.5)
 
 
 def preset_ops(preset: str, channels: int, strength: float) -> list[BatchOp]:
@@ -323,18 +325,17 @@ class BatchPhotometric:
         out = torch.empty(x.shape, dtype=torch.float32)
         step = max(1, CPU_CHUNK_BYTES // max(1, 4 * x[0].numel()))
         for start in range(0, len(x), step):
-            out[start : start + step] = self._augment(
-                x[start : start + step], u[start : start + step]
-            )
+            end = start + step
+            self._augment(x[start:end], u[start:end], out=out[start:end])
         return out
 
-    def _augment(self, x: Tensor, u: Tensor) -> Tensor:
+    def _augment(self, x: Tensor, u: Tensor, out: Tensor | None = None) -> Tensor:
         unit = x.dtype == torch.uint8
         # a new float tensor that the ops may change in place
-        x = x.to(torch.float32) / 255.0 if unit else x.to(torch.float32, copy=True)
+        x = x.to(torch.float32).div_(255.0) if unit else x.to(torch.float32, copy=True)
         start = 0
         for op, size in zip(self.ops, self.sizes, strict=True):
             x = op(x, u[:, start : start + size], unit)
             start += size
         mean, std = self.mean.to(x.device), self.std.to(x.device)
-        return (x - mean) / std
+        return torch.sub(x, mean, out=out).div_(std)
