@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from acclimate.data.color import blend, grayscale, mean_luma, shift_hue
+from acclimate.data.color import blend, grayscale, shift_hue
 
 DRAW_BITS = 24  # uniforms u = k / 2**24: exact in float32
 
@@ -119,7 +119,9 @@ def _brightness(x: Tensor, f: Tensor) -> Tensor:
 
 
 def _contrast(x: Tensor, f: Tensor) -> Tensor:
-    return blend(x, mean_luma(x), f)
+    # the mean luma as the luma of the channel means: the same number up to float rounding,
+    # without a luma image
+    return blend(x, grayscale(x.mean(dim=(-2, -1), keepdim=True)), f)
 
 
 def _saturation(x: Tensor, f: Tensor) -> Tensor:

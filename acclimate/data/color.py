@@ -18,14 +18,6 @@ def grayscale(x: Tensor) -> Tensor:
     return (LUMA[0] * r).add_(g, alpha=LUMA[1]).add_(b, alpha=LUMA[2]).unsqueeze(-3)
 
 
-def mean_luma(x: Tensor) -> Tensor:
-    """(..., 3, H, W) -> (..., 1, 1, 1): the mean of `grayscale` (a weighted sum of the channel
-    means: the same number up to float rounding, without the luma image)."""
-    m = x.mean(dim=(-2, -1))
-    lum = torch.tensor(LUMA, dtype=m.dtype, device=m.device)
-    return (m * lum).sum(dim=-1)[..., None, None, None]
-
-
 def blend(x: Tensor, other: Tensor, f: Tensor) -> Tensor:
     """``f * x + (1 - f) * other``, clamped to [0, 1]."""
     return (x * f).add_(other * (1 - f)).clamp_(0, 1)
