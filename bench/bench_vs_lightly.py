@@ -10,7 +10,9 @@ Measured, each in its own process (so that thread settings and caches do not lea
 
 * ``aug-*``: the multi-crop transform alone on pre-decoded images (lightly: PIL images,
   acclimate: uint8 tensors from its reader), 1 thread, no DataLoader -> images/s per core; and
-  decode + transform (the dataset's ``__getitem__``), also 1 thread.
+  decode + transform (the dataset's ``__getitem__``), also 1 thread. acclimate's is the path its
+  loader workers run: the per-image stage (crops, flips, random draws), collation and the
+  per-batch photometric ops, batches of ``--batch``.
 * ``e2e-*``: end-to-end training, DataLoader with ``--workers`` worker processes; throughput is
   measured between the end of warm-up step ``--warmup`` and the end of the last step
   (``--steps`` steps), all inside the first epoch. acclimate runs its real ``DINO`` module and
@@ -131,11 +133,32 @@ def aug(args: argparse.Namespace, side: str) -> dict:
         indices = list(range(0, len(source), step))[:n]
         images = [source.load(i) for i in indices]
         transform = acclimate_transform(args)
-        dataset = ImageDataset(source, transform)
+        dataset = ImageDataset(source, transform.sample)
+        return {
+            "transform_per_core": per_batch(transform, images, args.batch),
+            "decode_transform_per_core": per_batch(
+                transform, indices, args.batch, lambda i: dataset[i][0]
+            ),
+        }
     return {
         "transform_per_core": per_second(transform, images),
         "decode_transform_per_core": per_second(lambda i: dataset[i], indices),
     }
+
+
+def per_batch(transform, items: list, batch: int, item=None) -> float:
+    """acclimate's path in the loader: the per-image stage (crops, flips, random draws; decode
+    too when ``item`` reads), collation, and the per-batch photometric stage on each batch."""
+    from acclimate.data.datamodule import AugmentCollate
+
+    collate = AugmentCollate(transform.batch)
+    item = item or transform.sample
+    run = lambda xs: collate([(item(x), 0) for x in xs])  # noqa: E731
+    run(items[:batch])  # warm-up
+    t0 = time.perf_counter()
+    for start in range(0, len(items), batch):
+        run(items[start : start + batch])
+    return len(items) / (time.perf_counter() - t0)
 
 
 # ----------------------------------------------------------------------------- models

@@ -4,6 +4,7 @@ preset and band count; per-item randomness that does not depend on the batch or 
 
 from __future__ import annotations
 
+import itertools
 from types import SimpleNamespace
 
 import pytest
@@ -134,6 +135,35 @@ def test_color_jitter_applies_its_ops_in_each_samples_order() -> None:
             expected = ops[k](expected, i)
         torch.testing.assert_close(out[i], expected, atol=1e-5, rtol=0)
     torch.testing.assert_close(out[2], x[2])
+
+
+def test_color_jitter_sorted_slices_match_torchvision_and_the_where_path(monkeypatch) -> None:
+    """The CPU path (samples sorted by their order of ops, each step on contiguous slices in
+    place) against torchvision per sample and against the accelerators' path (every sample
+    computed, ``torch.where`` picks), on a batch with every order of the four ops."""
+    g = torch.Generator().manual_seed(3)
+    n = 60
+    x = torch.rand(n, 3, 10, 10, generator=g)
+    u = torch.rand(n, 9, generator=g)
+    orders = list(itertools.permutations(range(4)))
+    for i in range(n):  # keys whose ranks give each order at least twice
+        u[i, 5:9] = (torch.tensor(orders[i % 24]).argsort().float() + 0.5) / 4
+    jitter = ba.ColorJitter(0.8, 0.4, 0.4, 0.2, 0.1)
+    out = jitter(x.clone(), u, False)
+    b, c, s, h = 0.6 + 0.8 * u[:, 1], 0.6 + 0.8 * u[:, 2], 0.8 + 0.4 * u[:, 3], -0.1 + 0.2 * u[:, 4]
+    for i in range(n):
+        expected = x[i]
+        if u[i, 0] < 0.8:
+            for k in orders[i % 24]:
+                expected = (
+                    TF.adjust_brightness,
+                    TF.adjust_contrast,
+                    TF.adjust_saturation,
+                    TF.adjust_hue,
+                )[k](expected, float((b, c, s, h)[k][i]))
+        torch.testing.assert_close(out[i], expected, atol=1e-5, rtol=0)
+    monkeypatch.setattr(ba, "SUBSET_DEVICES", ())
+    torch.testing.assert_close(jitter(x.clone(), u, False), out, atol=1e-6, rtol=0)
 
 
 def test_intensity_window_and_stain_follow_the_per_sample_formulas() -> None:

@@ -23,7 +23,7 @@ def blend(x: Tensor, other: Tensor, f: Tensor) -> Tensor:
     return (x * f).add_(other * (1 - f)).clamp_(0, 1)
 
 
-def shift_hue(x: Tensor, f: Tensor) -> Tensor:
+def shift_hue(x: Tensor, f: Tensor, out: Tensor | None = None) -> Tensor:
     """Rotate the hue by ``f`` (a fraction of the circle, in [-0.5, 0.5]) and keep value and
     saturation: torchvision's ``adjust_hue`` (RGB -> HSV -> RGB) in one pass. Channel n of the
     result is ``max - chroma * clamp(min(k, 4 - k), 0, 1)`` with ``k = (n' + 6 h) mod 6`` for
@@ -32,7 +32,8 @@ def shift_hue(x: Tensor, f: Tensor) -> Tensor:
     Float arithmetic throughout: on the CPU a comparison into a bool mask and a ``where`` on it
     cost 4-6 times a float multiply, so the sector of each pixel is a 0/1 float from ``sign``
     and picked with ``lerp`` (exact at weights 0 and 1), and ``mod 6`` is ``k - 6 floor(k / 6)``
-    (``remainder`` is 3x slower); 2.5-3.5x the speed of the masked version."""
+    (``remainder`` is 3x slower); 2.5-3.5x the speed of the masked version. ``out`` (x itself
+    too) receives the result."""
     r, g, b = x.clamp(0, 1).unbind(dim=-3)
     high = torch.maximum(r, g)
     torch.maximum(high, b, out=high)
@@ -52,4 +53,5 @@ def shift_hue(x: Tensor, f: Tensor) -> Tensor:
     k = h6.unsqueeze(-3) + n
     k.sub_(k.mul(1 / 6).floor_().mul_(6))
     torch.minimum(k, 4 - k, out=k)
-    return k.clamp_(0, 1).mul_(chroma.unsqueeze(-3)).neg_().add_(high.unsqueeze(-3))
+    k.clamp_(0, 1).mul_(chroma.unsqueeze(-3))
+    return torch.sub(high.unsqueeze(-3), k, out=out)

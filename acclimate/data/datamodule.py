@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, default_collate
 
 from acclimate.data.dataset import ImageDataset, bad_file_counts, collate_kept
 from acclimate.data.decoded_cache import DecodedCache, check_cache_mode, decoded_cache
+from acclimate.data.malloc import keep_freed_memory
 from acclimate.data.readers import DEFAULT_MAX_PIXELS, DataError, ReadOptions, tiff_band_names
 from acclimate.data.sources import (
     FileSource,
@@ -326,6 +327,7 @@ class SSLDataModule(pl.LightningDataModule):
             persistent_workers=workers > 0,
             pin_memory=False,
             collate_fn=collate,
+            worker_init_fn=keep_freed_memory if workers > 0 else None,
         )
 
     def _decoded_cache(self, workers: int) -> DecodedCache | None:
