@@ -50,6 +50,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -146,14 +147,17 @@ def aug(args: argparse.Namespace, side: str) -> dict:
     }
 
 
-def per_batch(transform, items: list, batch: int, item=None) -> float:
+def per_batch(transform, items: list, batch: int, item: Callable | None = None) -> float:
     """acclimate's path in the loader: the per-image stage (crops, flips, random draws; decode
     too when ``item`` reads), collation, and the per-batch photometric stage on each batch."""
     from acclimate.data.datamodule import AugmentCollate
 
     collate = AugmentCollate(transform.batch)
     item = item or transform.sample
-    run = lambda xs: collate([(item(x), 0) for x in xs])  # noqa: E731
+
+    def run(xs: list) -> None:
+        collate([(item(x), 0) for x in xs])
+
     run(items[:batch])  # warm-up
     t0 = time.perf_counter()
     for start in range(0, len(items), batch):
