@@ -108,7 +108,7 @@ class ColorJitter(BatchOp):
         # at each step the samples sharing the ops so far are one contiguous slice, changed in
         # place (one gather and one scatter instead of one pair per step and op).
         factors, order = self._factors(u[:, 1:])
-        code = (order * torch.tensor([64, 16, 4, 1])).sum(dim=1)  # the order as a base-4 number
+        code = (order * self.OPS ** torch.arange(self.OPS - 1, -1, -1)).sum(dim=1)  # base OPS
         code[u[:, 0] >= self.p] = self.OPS**self.OPS  # not applied: sorted last, left out
         rows = code.argsort(stable=True)
         codes = code[rows].tolist()
