@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from acclimate.data.color import blend, grayscale, shift_hue
+from acclimate.data.color import grayscale, shift_hue
 
 DRAW_BITS = 24  # uniforms u = k / 2**24: exact in float32
 
@@ -109,13 +109,13 @@ class ColorJitter(BatchOp):
         # place (one gather and one scatter instead of one pair per step and op).
         factors, order = self._factors(u[:, 1:])
         code = (order * self.OPS ** torch.arange(self.OPS - 1, -1, -1)).sum(dim=1)  # base OPS
-        code[u[:, 0] >= self.p] = self.OPS**self.OPS  # not applied: sorted last, left out
-        rows = code.argsort(stable=True)
-        codes = code[rows].tolist()
-        n = sum(c < self.OPS**self.OPS for c in codes)
+        applied = u[:, 0] < self.p
+        n = int(applied.sum())
         if n == 0:
             return x
-        rows, codes = rows[:n], codes[:n]
+        code[~applied] = self.OPS**self.OPS  # not applied: sorted last, left out
+        rows = code.argsort(stable=True)[:n]
+        codes = code[rows].tolist()
         whole = n == len(x) and bool((rows == torch.arange(n)).all())
         xs = x if whole else x[rows]
         factors, order = factors[rows], order[rows].tolist()
@@ -126,8 +126,8 @@ class ColorJitter(BatchOp):
                 end = start + 1
                 while end < n and codes[end] // div == codes[start] // div:
                     end += 1
-                k = order[start][step]
-                _IN_PLACE[k](xs[start:end], _rows(factors[start:end, k]))
+                k, run = order[start][step], xs[start:end]
+                _JITTER_OPS[k](run, _rows(factors[start:end, k]), out=run)
                 start = end
         if not whole:
             x[rows] = xs
@@ -143,48 +143,32 @@ class ColorJitter(BatchOp):
 
     def apply(self, x: Tensor, u: Tensor, unit: bool) -> Tensor:
         f, order = self._factors(u)
-        ops = (_brightness, _contrast, _saturation, shift_hue)
         for step in range(self.OPS):
-            for k, op in enumerate(ops):
+            for k, op in enumerate(_JITTER_OPS):
                 chosen = order[:, step] == k
                 x = masked(x, chosen, f, lambda xs, fs, k=k, op=op: op(xs, _rows(fs[:, k])))
         return x
 
 
-def _brightness(x: Tensor, f: Tensor) -> Tensor:
-    return (x * f).clamp_(0, 1)
+# The four ops of the colour jitter; ``out=x`` changes x (a slice of the samples) in place,
+# ``out=None`` returns a new tensor (the accelerators' path, which keeps x for `torch.where`).
+def _brightness(x: Tensor, f: Tensor, out: Tensor | None = None) -> Tensor:
+    return torch.mul(x, f, out=out).clamp_(0, 1)
 
 
-def _contrast(x: Tensor, f: Tensor) -> Tensor:
+def _contrast(x: Tensor, f: Tensor, out: Tensor | None = None) -> Tensor:
     # the mean luma as the luma of the channel means: the same number up to float rounding,
     # without a luma image
-    return blend(x, grayscale(x.mean(dim=(-2, -1), keepdim=True)), f)
-
-
-def _saturation(x: Tensor, f: Tensor) -> Tensor:
-    return blend(x, grayscale(x), f)
-
-
-# the same four ops, changing x (a slice of the samples) in place
-def _brightness_(x: Tensor, f: Tensor) -> None:
-    x.mul_(f).clamp_(0, 1)
-
-
-def _contrast_(x: Tensor, f: Tensor) -> None:
     other = grayscale(x.mean(dim=(-2, -1), keepdim=True)).mul_(1 - f)
-    x.mul_(f).add_(other).clamp_(0, 1)
+    return torch.mul(x, f, out=out).add_(other).clamp_(0, 1)
 
 
-def _saturation_(x: Tensor, f: Tensor) -> None:
+def _saturation(x: Tensor, f: Tensor, out: Tensor | None = None) -> Tensor:
     other = grayscale(x).mul_(1 - f)
-    x.mul_(f).add_(other).clamp_(0, 1)
+    return torch.mul(x, f, out=out).add_(other).clamp_(0, 1)
 
 
-def _hue_(x: Tensor, f: Tensor) -> None:
-    shift_hue(x, f, out=x)
-
-
-_IN_PLACE = (_brightness_, _contrast_, _saturation_, _hue_)
+_JITTER_OPS = (_brightness, _contrast, _saturation, shift_hue)
 
 
 @dataclass(frozen=True)

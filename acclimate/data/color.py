@@ -18,11 +18,6 @@ def grayscale(x: Tensor) -> Tensor:
     return (LUMA[0] * r).add_(g, alpha=LUMA[1]).add_(b, alpha=LUMA[2]).unsqueeze(-3)
 
 
-def blend(x: Tensor, other: Tensor, f: Tensor) -> Tensor:
-    """``f * x + (1 - f) * other``, clamped to [0, 1]."""
-    return (x * f).add_(other * (1 - f)).clamp_(0, 1)
-
-
 def shift_hue(x: Tensor, f: Tensor, out: Tensor | None = None) -> Tensor:
     """Rotate the hue by ``f`` (a fraction of the circle, in [-0.5, 0.5]) and keep value and
     saturation: torchvision's ``adjust_hue`` (RGB -> HSV -> RGB) in one pass. Channel n of the
