@@ -159,12 +159,17 @@ def _brightness(x: Tensor, f: Tensor, out: Tensor | None = None) -> Tensor:
 def _contrast(x: Tensor, f: Tensor, out: Tensor | None = None) -> Tensor:
     # the mean luma as the luma of the channel means: the same number up to float rounding,
     # without a luma image
-    other = grayscale(x.mean(dim=(-2, -1), keepdim=True)).mul_(1 - f)
-    return torch.mul(x, f, out=out).add_(other).clamp_(0, 1)
+    return _toward(x, grayscale(x.mean(dim=(-2, -1), keepdim=True)), f, out)
 
 
 def _saturation(x: Tensor, f: Tensor, out: Tensor | None = None) -> Tensor:
-    other = grayscale(x).mul_(1 - f)
+    return _toward(x, grayscale(x), f, out)
+
+
+def _toward(x: Tensor, gray: Tensor, f: Tensor, out: Tensor | None) -> Tensor:
+    """``f * x + (1 - f) * gray``, clamped to [0, 1]; ``gray`` (computed from x before ``out``
+    overwrites it) is consumed."""
+    other = gray.mul_(1 - f)
     return torch.mul(x, f, out=out).add_(other).clamp_(0, 1)
 
 
