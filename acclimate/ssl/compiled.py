@@ -34,12 +34,18 @@ def compile_networks(networks: list[nn.Module], backend: str = "inductor") -> li
 
     Student and teacher share their compiled graphs (torch.compile guards on shapes, grad mode
     and train/eval mode, not on which instance runs); the EMA update changes the teacher's
-    weights in place, which the graphs read as inputs."""
+    weights in place, which the graphs read as inputs.
+
+    The graphs are static (``dynamic=False``): one per input size, each compiled once. A step
+    runs the same forward at several sizes (global and local crops, a teacher fed upsampled
+    views), and torch.compile's default would recompile it with symbolic sizes on the second
+    one. For timm's TF-"same"-padded CNNs (``tf_efficientnet_*``) that symbolic fwd + bwd graph
+    did not finish compiling in 115 CPU-minutes; the static one takes about two minutes."""
     done: list[nn.Module] = []
     for net in networks:
         target = compile_targets(net)
         if all(target is not d for d in done):
-            target.compile(backend=backend)
+            target.compile(backend=backend, dynamic=False)
             done.append(target)
     return done
 
