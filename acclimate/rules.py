@@ -331,6 +331,7 @@ RULES: dict[str, Rule] = {
     "method.momentum": MOMENTUM,
     "method.momentum_end": MOMENTUM,
     "method.teacher_image_size": COUNT,
+    "method.teacher_layers": ZERO_OK,
     "method.smooth_l1_beta": ZERO_OK,
     "method.teacher_scale": Range(1, 8),
     "method.anchor_weight": ZERO_OK,

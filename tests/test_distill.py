@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import stub_trainer
 from test_contrastive import tiny_overrides, train_export_check
 from torch import Tensor, nn
 
@@ -57,6 +58,51 @@ def test_teacher_is_frozen_and_projection_matches_widths() -> None:
     assert isinstance(forced.projection, nn.Linear)
     with pytest.raises(ValueError, match="freeze_backbone_epochs"):
         Distill(create_backbone("test_vit"), 4, OptimSettings(), "test_vit", None)
+
+
+def test_teacher_layers_add_a_term_per_stage() -> None:
+    """``teacher_layers: k``: the student's pooled embedding also predicts the pooled outputs of
+    the teacher's last k stages through one linear head; the loss is the mean of the pooled
+    term and the mean of the stage terms, and only student and heads get gradients."""
+    torch.manual_seed(0)
+    module = Distill(
+        create_backbone("test_vit"), 4, NO_WARMUP, "test_resnet", None, teacher_layers=2
+    )
+    widths = [f["num_chs"] for f in module.teacher.feature_info][-2:]
+    assert module.layer_widths == widths
+    assert module.layer_head.in_features == 64 and module.layer_head.out_features == sum(widths)
+    optimised = {id(p) for g in module.build_optimizer().param_groups for p in g["params"]}
+    assert {id(p) for p in module.layer_head.parameters()} <= optimised
+    stub_trainer(module)
+    module.train()
+    module.set_backbone_mode(module.backbone)
+    x = torch.randn(4, 3, 32, 32)
+    batch = ({"global": [x[:2], x[2:]]}, torch.zeros(4, dtype=torch.long))
+    loss = module.training_step(batch, 0)
+    loss.backward()
+    with torch.no_grad():
+        feats = module.backbone(x)
+        pooled, parts = (
+            module.teacher(x),
+            module.teacher.forward_intermediates(x, indices=2, norm=True, intermediates_only=True),
+        )
+        cos = lambda s, t: (1 - F.cosine_similarity(s, t)).mean()  # noqa: E731
+        preds = module.layer_head(feats).split(widths, 1)
+        stages = sum(cos(p, t.mean((2, 3))) for p, t in zip(preds, parts, strict=True)) / 2
+        pooled_term = cos(module.projection(feats), pooled)
+        expected = (pooled_term + stages) / 2
+    torch.testing.assert_close(loss.detach(), expected, rtol=1e-4, atol=1e-5)
+    assert (loss - pooled_term).abs() > 1e-3 and (loss - stages).abs() > 1e-3  # both count
+    assert all(p.grad is None for p in module.teacher.parameters())
+    assert module.layer_head.weight.grad is not None
+    assert any(p.grad is not None for p in module.backbone.parameters())
+
+
+def test_teacher_layers_deeper_than_the_teacher_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"method.teacher_layers: last9: .* choose last1 to"):
+        Distill(create_backbone("test_vit"), 4, NO_WARMUP, "test_resnet", None, teacher_layers=9)
+    with pytest.raises(ValueError, match="whole number"):
+        Distill(create_backbone("test_vit"), 4, NO_WARMUP, "test_resnet", None, teacher_layers=-1)
 
 
 def test_teacher_in_chans_follows_the_student() -> None:

@@ -20,7 +20,7 @@ from acclimate.cli import main
 from acclimate.config import ConfigError, load_recipe
 from acclimate.errors import AcclimateError
 from acclimate.eval.features import check_kind, features_of
-from acclimate.eval.multilayer import timm_code
+from acclimate.eval.multilayer import last_k_widths, pooled_and_last_k, timm_code
 from acclimate.export import export_backbone
 
 # --- the features against hand computations ----------------------------------------------------
@@ -88,6 +88,20 @@ def test_cnn_last_k_pools_the_last_stages(k: int) -> None:
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
     if k == 1:  # a ResNet's last stage, average-pooled, is its own pooled feature
         torch.testing.assert_close(got, features_of(resnet, x, "pooled"), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["test_vit", "test_resnet"])
+def test_pooled_and_last_k_in_one_forward(name: str) -> None:
+    """What distillation's ``teacher_layers`` regresses: the pooled embedding and the parts of
+    last{k}, from one forward, equal to the two computed apart."""
+    model = _backbone(name, 3)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        pooled, parts = pooled_and_last_k(model, x, 2)
+        alone, whole = model(x), features_of(model, x, "last2")
+    torch.testing.assert_close(pooled, alone, rtol=0, atol=1e-5)
+    assert [p.shape[1] for p in parts] == last_k_widths(model, 2)
+    torch.testing.assert_close(torch.cat(parts, 1), whole, rtol=0, atol=1e-5)
 
 
 def test_kind_the_backbone_cannot_give_is_one_line() -> None:

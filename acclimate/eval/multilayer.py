@@ -68,18 +68,41 @@ def last_k_features(model: nn.Module, x: Tensor, k: int) -> Tensor:
     """x: (B, C, H, W) normalised images -> (B, (k + 1) * D) for a ViT with a class token (CLS
     of each of the last k blocks after the final norm, then the mean patch token of the last),
     else (B, sum of the widths of the last k stages) (global average pool of each)."""
+    _check(model, k)
+    return torch.cat(_pool(model, _intermediates(model, x, k, only=True)), dim=1)
+
+
+def pooled_and_last_k(model: nn.Module, x: Tensor, k: int) -> tuple[Tensor, list[Tensor]]:
+    """One forward for both: x (B, C, H, W) -> (pooled (B, D) as ``model(x)``, the parts of
+    :func:`last_k_features` before concatenation: k + 1 tensors (B, D) for a ViT with a class
+    token, else k tensors (B, C_i))."""
+    _check(model, k)
+    final, maps = _intermediates(model, x, k, only=False)
+    return model.forward_head(final, pre_logits=True), _pool(model, maps)
+
+
+def last_k_widths(model: nn.Module, k: int) -> list[int]:
+    """Widths of the parts of :func:`pooled_and_last_k` (from timm's ``feature_info``)."""
+    _check(model, k)
+    widths = [int(info["num_chs"]) for info in model.feature_info[-k:]]
+    return [*widths, widths[-1]] if uses_class_token(model) else widths
+
+
+def _check(model: nn.Module, k: int) -> None:
     problem = last_k_problem(model, k)
     if problem:
         raise AcclimateError(problem)
-    if uses_class_token(model):
-        maps = model.forward_intermediates(
-            x, indices=k, norm=True, return_prefix_tokens=True, intermediates_only=True
-        )  # k x ((B, D, h, w) patch tokens, (B, prefix, D) CLS + registers)
-        parts = [prefix[:, 0] for _, prefix in maps] + [maps[-1][0].mean((2, 3))]
-    else:
-        maps = model.forward_intermediates(x, indices=k, norm=True, intermediates_only=True)
-        parts = [m.mean((2, 3)) for m in maps]  # k x (B, C_i, h_i, w_i)
-    return torch.cat(parts, dim=1)
+
+
+def _intermediates(model: nn.Module, x: Tensor, k: int, only: bool) -> object:
+    extra = {"return_prefix_tokens": True} if uses_class_token(model) else {}
+    return model.forward_intermediates(x, indices=k, norm=True, intermediates_only=only, **extra)
+
+
+def _pool(model: nn.Module, maps: list) -> list[Tensor]:
+    if uses_class_token(model):  # k x ((B, D, h, w) patch tokens, (B, prefix, D) CLS + registers)
+        return [prefix[:, 0] for _, prefix in maps] + [maps[-1][0].mean((2, 3))]
+    return [m.mean((2, 3)) for m in maps]  # k x (B, C_i, h_i, w_i)
 
 
 def timm_code(kind: str, class_token: bool) -> str:

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from acclimate.backbones import create_backbone, feature_dim
+from acclimate.eval.multilayer import last_k_problem, last_k_widths, pooled_and_last_k
 from acclimate.ssl.base import SSLModule
 from acclimate.ssl.losses import EmbeddingDistillLoss
 from acclimate.ssl.optim import OptimSettings
@@ -56,6 +57,15 @@ class Distill(SSLModule):
         teacher_scale, anchor_weight: the levers for a pretrained start (`SSLModule.init_levers`,
             `acclimate.ssl.anchor`): the teacher sees the views upsampled by ``teacher_scale``;
             ``anchor_weight`` > 0 adds a distillation term from the frozen start.
+        teacher_layers: 0 regresses the teacher's pooled embedding only. k > 0 also regresses
+            the pooled outputs of its last k stages (CNNs) or the CLS tokens of its last k
+            blocks and the mean patch token (ViTs): the parts of the ``last{k}`` feature kind
+            (`acclimate.eval.multilayer`), taken from the same teacher forward. The student's
+            pooled embedding predicts each part through one linear training head (not
+            exported); the loss is the mean of the pooled term and the mean of the parts'
+            terms. A frozen start's middle stages keep detail of small tiles that its last
+            stage pools away (EfficientNet-Lite0 on 64 px EuroSAT: last4 0.941 linear against
+            0.899 pooled); this asks the student's single pooled vector to carry it.
     """
 
     def __init__(
@@ -71,6 +81,7 @@ class Distill(SSLModule):
         projection: Literal["auto", "linear"] = "auto",
         teacher_scale: float = 1.0,
         anchor_weight: float = 0.0,
+        teacher_layers: int = 0,
     ) -> None:
         super().__init__(backbone, batch_size, optim)
         if teacher_image_size is not None and teacher_image_size <= 0:
@@ -93,29 +104,56 @@ class Distill(SSLModule):
                     "method.projection: linear"
                 )
         self.criterion = EmbeddingDistillLoss(loss, smooth_l1_beta)
+        self.layer_widths: list[int] = []
+        self.layer_head: nn.Module | None = None
+        if not isinstance(teacher_layers, int) or teacher_layers < 0:
+            raise ValueError(f"teacher_layers must be a whole number >= 0, got {teacher_layers}")
+        if teacher_layers:
+            problem = last_k_problem(self.teacher, teacher_layers)
+            if problem:
+                raise ValueError(f"method.teacher_layers: {problem}")
+            self.layer_widths = last_k_widths(self.teacher, teacher_layers)
+            self.layer_head = nn.Linear(d_s, sum(self.layer_widths))
 
     def head_modules(self) -> list[nn.Module]:
-        return [self.projection]
+        return [self.projection] + ([self.layer_head] if self.layer_head is not None else [])
 
     def networks(self) -> list[nn.Module]:
         return [*super().networks(), self.teacher]
 
-    @torch.no_grad()
     def teacher_embed(self, x: Tensor) -> Tensor:
         """x: (B, C, H, W) student-normalised views -> (B, D_t) teacher embeddings."""
+        return self.teacher_targets(x)[0]
+
+    @torch.no_grad()
+    def teacher_targets(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """x: (B, C, H, W) -> the teacher's pooled embedding (B, D_t) and, with
+        ``teacher_layers``, its layer parts (B, w_i) (else an empty list)."""
         self.teacher.eval()
         size = self.hparams.teacher_image_size
         if size is not None and x.shape[-2:] != (size, size):
             x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
-        return self.teacher(self.teacher_view(x))
+        x = self.teacher_view(x)
+        if self.layer_head is None:
+            return self.teacher(x), []
+        return pooled_and_last_k(self.teacher, x, self.hparams.teacher_layers)
 
     def training_step(self, batch: tuple[dict, Tensor], batch_idx: int) -> Tensor:
         x = torch.cat(two_views(batch))
-        target = self.teacher_embed(x)
+        target, parts = self.teacher_targets(x)
         with self.maybe_frozen():
             feats = self.backbone(x)
-        loss = self.with_anchor(self.criterion(self.projection(feats), target), x, feats)
-        self.log_loss(loss)
+        loss = self.criterion(self.projection(feats), target)
+        extra = {}
+        if self.layer_head is not None:
+            preds = self.layer_head(feats).split(self.layer_widths, dim=1)
+            layers = torch.stack(
+                [self.criterion(p, t) for p, t in zip(preds, parts, strict=True)]
+            ).mean()
+            extra["distill/layers"] = layers.detach()
+            loss = (loss + layers) / 2
+        loss = self.with_anchor(loss, x, feats)
+        self.log_loss(loss, extra)
         return loss
 
     # The frozen teacher is rebuilt from the recipe: keep it out of checkpoints (a ViT-L teacher
