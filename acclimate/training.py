@@ -39,6 +39,7 @@ from acclimate.evidence import (
     build_evaluation,
 )
 from acclimate.fileio import write_text_atomic
+from acclimate.malloc import reuse_freed_memory
 from acclimate.preflight import check_run_dir, estimate_checkpoint_bytes, load_checkpoint_file
 from acclimate.resume import latest_checkpoint, remove_orphans
 from acclimate.run_info import BackboneRef, RunInfo, clip_entry, run_info_of
@@ -126,6 +127,7 @@ class _Model:
 
 def _train(recipe: Recipe, run_dir: Path, resume: bool) -> tuple[Path, dict[str, Any]]:
     started = time.monotonic()
+    reuse_freed_memory()  # before the loader forks its workers: they inherit it
     pl.seed_everything(recipe.data["seed"], workers=True)
     torch.set_float32_matmul_precision("high")
     backbone, dm, norm = _build_data(recipe, run_dir)

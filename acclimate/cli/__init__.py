@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from acclimate.cli import embed, evaluate, export, probe, stats, train
 from acclimate.cli.options import UsageError
 from acclimate.errors import AcclimateError, TrainingFailed
+from acclimate.malloc import reuse_freed_memory
 
 EPILOG = "Run `acclimate COMMAND --help` for a command's options."
 
@@ -73,6 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_libraries()
     try:
+        reuse_freed_memory()  # feature extraction and training reuse freed tensors' memory
         return args.fn(args)
     except (AcclimateError, OSError) as e:
         if os.environ.get("ACCLIMATE_DEBUG"):

@@ -15,7 +15,6 @@ from torch.utils.data import DataLoader, default_collate
 
 from acclimate.data.dataset import ImageDataset, bad_file_counts, collate_kept
 from acclimate.data.decoded_cache import DecodedCache, check_cache_mode, decoded_cache
-from acclimate.data.malloc import keep_freed_memory
 from acclimate.data.readers import DEFAULT_MAX_PIXELS, DataError, ReadOptions, tiff_band_names
 from acclimate.data.sources import (
     FileSource,
@@ -33,6 +32,7 @@ from acclimate.data.stats import (
     source_stats,
 )
 from acclimate.data.transforms import MultiCropTransform
+from acclimate.malloc import keep_freed_memory
 from acclimate.resume import ResumableLoader, trainer_position
 
 log = logging.getLogger(__name__)
