@@ -4,7 +4,10 @@ With glibc's defaults a block above its mmap threshold (128 KiB at first, raised
 blocks are freed) gets its own ``mmap``, and free memory at the top of the heap goes back to the
 kernel past the trim threshold: tensors of that size are then faulted in again page by page.
 The "tuned" setting raises both thresholds (``GLIBC_TUNABLES``, no code and no ``LD_PRELOAD``):
-mmap 32 MiB (glibc's maximum on 64-bit), trim 1 GiB, so freed blocks are reused.
+mmap 32 MiB (glibc's maximum on 64-bit), trim 1 GiB, so freed blocks are reused. Blocks above
+32 MiB (a CNN's activations at batch 128) are still mapped each time. The "reuse" setting is
+what ``acclimate train`` and the CLI do (`acclimate.malloc.reuse_freed_memory`): no mmap at all,
+no trim.
 
 Each setting runs in its own process (malloc settings must precede the first allocation),
 alternating default / tuned for ``--rounds`` rounds so both see the same load. A process builds
@@ -14,6 +17,7 @@ load; times do. End to end, the same variable: ``GLIBC_TUNABLES=... bench/bench_
 
     python bench/bench_malloc.py           # Lite0 and ViT-S/16, batch 32, 96 px
     python bench/bench_malloc.py --models resnet50 --size 128 --rounds 3
+    python bench/bench_malloc.py --models tf_efficientnet_lite0 --batch 128 --size 128
 """
 
 from __future__ import annotations
@@ -25,9 +29,14 @@ import statistics
 import subprocess
 import sys
 
+from acclimate.malloc import ENV
+
 CHILD = """
 import json, resource, statistics, sys, time, torch
 from acclimate.backbones import create_backbone
+from acclimate.malloc import reuse_freed_memory
+if sys.argv[5] == "reuse":
+    assert reuse_freed_memory()
 name = sys.argv[1]
 batch, size, steps = (int(a) for a in sys.argv[2:5])
 torch.manual_seed(0)
@@ -50,16 +59,19 @@ print(json.dumps({"s": med(times), "faults": med(faults)}))
 """
 
 
+SETTINGS = ("default", "tuned", "reuse")
 TUNED = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824"
 
 
 def _child(model: str, args: argparse.Namespace, setting: str) -> dict:
     env = dict(os.environ)
-    for k in ("GLIBC_TUNABLES", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"):
+    unset = ("GLIBC_TUNABLES", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", ENV)
+    for k in unset:
         env.pop(k, None)
     if setting == "tuned":
         env["GLIBC_TUNABLES"] = TUNED
-    cmd = [sys.executable, "-c", CHILD, model, str(args.batch), str(args.size), str(args.steps)]
+    sizes = [str(args.batch), str(args.size), str(args.steps)]
+    cmd = [sys.executable, "-c", CHILD, model, *sizes, setting]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -76,9 +88,9 @@ def main() -> None:
     print("| model | setting | minor faults / step, per round | s / step, per round (median) |")
     print("|---|---|---|---|")
     for model in args.models:
-        res: dict[str, list[dict]] = {"default": [], "tuned": []}
+        res: dict[str, list[dict]] = {s: [] for s in SETTINGS}
         for _ in range(args.rounds):
-            for setting in ("default", "tuned"):
+            for setting in SETTINGS:
                 res[setting].append(_child(model, args, setting))
         for setting, rows in res.items():
             faults = ", ".join(f"{r['faults']:.0f}" for r in rows)

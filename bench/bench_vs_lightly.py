@@ -20,6 +20,9 @@ Measured, each in its own process (so that thread settings and caches do not lea
   (``TrainerSettings.build``: gradient clipping 3.0, TensorBoard logger, LR monitor,
   checkpoint callback), with ``max_steps``; lightly runs the minimal loop of its DINO example
   (``lightly.loss.DINOLoss``, ``DINOProjectionHead``, ``update_momentum``, a ``forward`` per view).
+  acclimate's process first does what ``acclimate train`` does, ``reuse_freed_memory`` (glibc
+  malloc with no mmap and no trim, inherited by the loader's workers); lightly's keeps glibc's
+  defaults unless ``--lightly-malloc reuse`` (a reference: the same setting on its loop).
   "data wait" is the time per step the training process spends between the end of one step and
   the start of the next (waiting for the loader, plus Lightning's bookkeeping for acclimate).
 * ``fixed-all``: the training steps alone on one fixed pre-made batch of random crops (no data
@@ -449,6 +452,10 @@ def fixed(args: argparse.Namespace, side: str) -> dict:
 def run_part(args: argparse.Namespace) -> dict:
     quiet()
     kind, side = args.part.split("-", 1)
+    if kind == "e2e" and (side == "acclimate" or args.lightly_malloc == "reuse"):
+        from acclimate.malloc import reuse_freed_memory
+
+        reuse_freed_memory()  # what `acclimate train` does first (glibc: no mmap, no trim)
     return {"aug": aug, "e2e": e2e, "fixed": fixed}[kind](args, side)
 
 
@@ -463,6 +470,13 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument(
         "--precision", default="32-true", choices=["32-true", "bf16-mixed"], help="both sides"
+    )
+    p.add_argument(
+        "--lightly-malloc",
+        default="system",
+        choices=["system", "reuse"],
+        help="lightly's end-to-end run with glibc's defaults (what its users get) or with "
+        "acclimate's setting (acclimate.malloc.reuse_freed_memory), as a reference",
     )
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     p.add_argument("--steps", type=int, default=15, help="timed steps (end to end)")
@@ -511,7 +525,8 @@ def report(args: argparse.Namespace, r: dict[str, dict]) -> None:
         f"{args.n_local} x {args.local_size} px crops; {args.precision}, CPU, "
         f"{os.cpu_count()} cores; "
         f"{args.workers} loader workers end to end; {args.steps} steps timed after "
-        f"{args.warmup} (fixed batch: {args.fixed_steps})\n"
+        f"{args.warmup} (fixed batch: {args.fixed_steps}); malloc end to end: acclimate reuse, "
+        f"lightly {args.lightly_malloc}\n"
     )
     print("| measurement | lightly | acclimate | acclimate / lightly |")
     print("|---|---|---|---|")
