@@ -16,6 +16,8 @@ went from 1.5 to 0.7 s (bench/README.md, "glibc malloc").
 - :func:`keep_freed_memory` (a DataLoader ``worker_init_fn``): the mmap threshold at its 32 MiB
   maximum and trimming past 256 MiB, for the augmentation's temporaries (planes of 200 kB at
   224 px: a quarter of the batch stage's time went to page faults, "Augmentation per core").
+  Workers forked from a process that runs :func:`reuse_freed_memory` keep its no-mmap setting;
+  this then only brings their trim threshold down to 256 MiB.
 """
 
 from __future__ import annotations
