@@ -87,11 +87,27 @@ def check_resumable(run_dir: str | Path) -> Path:
     return ckpt
 
 
-def _log_to_file(run_dir: Path) -> logging.Handler:
-    handler = logging.FileHandler(run_dir / "train.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.getLogger().addHandler(handler)
-    return handler
+class _RunLog:
+    """The run's ``train.log``: acclimate's INFO records and everyone's warnings, whatever the
+    caller's logging set-up (from Python, the root logger's WARNING level would otherwise drop
+    acclimate's INFO records before any handler saw them). Undone by :meth:`close`."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.handler = logging.FileHandler(run_dir / "train.log")
+        self.handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        )
+        self.handler.setLevel(logging.INFO)
+        self.ours = logging.getLogger("acclimate")
+        self.level = self.ours.level
+        if self.ours.getEffectiveLevel() > logging.INFO:
+            self.ours.setLevel(logging.INFO)
+        logging.getLogger().addHandler(self.handler)
+
+    def close(self) -> None:
+        logging.getLogger().removeHandler(self.handler)
+        self.handler.close()
+        self.ours.setLevel(self.level)
 
 
 def train(
@@ -106,11 +122,11 @@ def train(
     if resume:
         check_resumable(run_dir)  # type: ignore[arg-type]
     run_dir = Path(run_dir) if resume else _run_dir(recipe, run_dir)  # type: ignore[arg-type]
-    handler = _log_to_file(run_dir)
+    run_log = _RunLog(run_dir)
     try:
         return _train(recipe, run_dir, resume)
     finally:
-        logging.getLogger().removeHandler(handler)
+        run_log.close()
 
 
 @dataclass

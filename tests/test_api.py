@@ -28,6 +28,9 @@ def test_train_returns_the_run_with_metrics_and_a_timm_loadable_export(tmp_path,
     assert run.metrics["before"]["n_test"] == run.metrics["after"]["n_test"] == 18
     assert "->" in run.summary()
     assert run.export == run.folder / "export"
+    # the run's log holds acclimate's INFO records, though the caller set no logging up
+    log = (run.folder / "train.log").read_text()
+    assert "measuring the starting backbone" in log and "measuring the adapted backbone" in log
     model = timm.create_model(f"local-dir:{run.export}", pretrained=True, num_classes=0).eval()
     with torch.no_grad():
         assert model(torch.randn(1, 3, 32, 32)).shape[0] == 1
