@@ -55,7 +55,8 @@ for _ in range(steps):
     times.append(time.perf_counter() - t0)
     faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
 med = statistics.median
-print(json.dumps({"s": med(times), "faults": med(faults)}))
+rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # GiB (Linux: KiB)
+print(json.dumps({"s": med(times), "faults": med(faults), "rss": rss}))
 """
 
 
@@ -85,8 +86,11 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--rounds", type=int, default=2)
     args = p.parse_args()
-    print("| model | setting | minor faults / step, per round | s / step, per round (median) |")
-    print("|---|---|---|---|")
+    print(
+        "| model | setting | minor faults / step, per round | s / step, per round (median) "
+        "| peak RSS GiB, per round |"
+    )
+    print("|---|---|---|---|---|")
     for model in args.models:
         res: dict[str, list[dict]] = {s: [] for s in SETTINGS}
         for _ in range(args.rounds):
@@ -96,7 +100,8 @@ def main() -> None:
             faults = ", ".join(f"{r['faults']:.0f}" for r in rows)
             secs = ", ".join(f"{r['s']:.3f}" for r in rows)
             med = statistics.median(r["s"] for r in rows)
-            print(f"| {model} | {setting} | {faults} | {secs} ({med:.3f}) |", flush=True)
+            rss = ", ".join(f"{r['rss']:.2f}" for r in rows)
+            print(f"| {model} | {setting} | {faults} | {secs} ({med:.3f}) | {rss} |", flush=True)
 
 
 if __name__ == "__main__":
