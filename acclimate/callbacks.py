@@ -15,6 +15,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from acclimate.errors import TrainingFailed
 from acclimate.eval.protocol import EvalSettings, protocol_knn, split_features
 from acclimate.guard import DIVERGED_HINT, non_finite_tensors
+from acclimate.malloc import reuse_freed_memory
 from acclimate.resume import EPOCH_CHECKPOINT, remove_old_epoch_checkpoints
 from acclimate.run_info import INFO_KEY, RECIPE_KEY, RunInfo
 
@@ -69,6 +70,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         self, path: Any, map_location: Any = None, weights_only: bool | None = None
     ) -> dict[str, Any]:
         return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+
+
+class ReuseFreedMemory(pl.Callback):
+    """`reuse_freed_memory` on every rank, before its loader forks workers: ranks started by
+    ``ddp_spawn`` (fresh interpreters) do not pass through `acclimate.training.train`, where the
+    launching process sets it."""
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        reuse_freed_memory()
 
 
 class RunMetadata(pl.Callback):

@@ -14,7 +14,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import DDPStrategy, Strategy
 
 from acclimate.budget import TimeBudget
-from acclimate.callbacks import AtomicCheckpointIO
+from acclimate.callbacks import AtomicCheckpointIO, ReuseFreedMemory
 from acclimate.guard import TrainingGuard
 from acclimate.resume import RNGState
 
@@ -143,6 +143,7 @@ class TrainerSettings:
         callbacks = [
             *checkpoints,
             LearningRateMonitor(logging_interval="step"),
+            ReuseFreedMemory(),
             RNGState(seed),
             guard,
             *callbacks,

@@ -12,12 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from acclimate import cli, training
+from acclimate import callbacks, cli, training
+from acclimate.callbacks import ReuseFreedMemory
 from acclimate.config import load_recipe
 from acclimate.data import datamodule
 from acclimate.data.transforms import MultiCropTransform
 from acclimate.errors import ConfigError
 from acclimate.malloc import ENV, reuse_freed_memory
+from acclimate.trainer_settings import TrainerSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -128,6 +130,15 @@ def test_training_and_every_command_set_it_first(monkeypatch, tmp_path: Path) ->
     monkeypatch.setattr(cli, "reuse_freed_memory", _stop)
     with pytest.raises(_Called):
         cli.main(["stats", str(tmp_path)])
+
+
+def test_every_rank_sets_it_in_the_trainers_setup(monkeypatch, tmp_path: Path) -> None:
+    # ranks started by ddp_spawn are fresh interpreters that never run training.train
+    trainer = TrainerSettings(max_epochs=1, progress_bar=False).build(tmp_path, [])
+    (hook,) = [c for c in trainer.callbacks if isinstance(c, ReuseFreedMemory)]
+    monkeypatch.setattr(callbacks, "reuse_freed_memory", _stop)
+    with pytest.raises(_Called):
+        hook.setup(trainer, None, "fit")  # type: ignore[arg-type]
 
 
 def test_the_training_loaders_workers_run_it(
