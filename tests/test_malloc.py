@@ -58,9 +58,8 @@ print(mapped, *[cycle() for _ in range(6 if big < 32 else 12)])
 """
 
 
-def _run(setting: str, big_mib: int = 24, **env_vars: str) -> tuple[int, list[int]]:
+def _run(setting: str, big_mib: int = 24) -> tuple[int, list[int]]:
     env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", ENV)}
-    env.update(env_vars)
     cmd = [sys.executable, "-c", CYCLES, setting, str(big_mib)]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
     mapped, *faults = (int(n) for n in out.stdout.split())
