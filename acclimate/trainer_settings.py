@@ -12,7 +12,9 @@ import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import DDPStrategy, Strategy
+from torch import nn
 
+from acclimate.backbones.layout import channels_last, has_convolutions
 from acclimate.budget import TimeBudget
 from acclimate.callbacks import AtomicCheckpointIO, ReuseFreedMemory
 from acclimate.guard import TrainingGuard
@@ -100,6 +102,17 @@ class TrainerSettings:
     channels_last: bool = True
     compile: bool = False
     sync_batchnorm: bool = False
+
+    def lay_out(self, *modules: nn.Module | None) -> None:
+        """Give ``modules`` (the method module, the frozen start; None skipped) the memory layout
+        ``trainer.channels_last`` asks for, in place, before fitting: channels-last when they
+        hold convolutions (`acclimate.backbones.layout`). What `acclimate.training` does; a
+        harness that builds its own module (``bench/``) calls it to run what a user's run
+        runs."""
+        present = [m for m in modules if m is not None]
+        if self.channels_last and present and has_convolutions(present[0]):
+            for module in present:
+                channels_last(module)
 
     def world_size(self) -> int:
         """Processes this run will use (devices x nodes), as far as it is known before start."""

@@ -24,7 +24,6 @@ from acclimate.adapters import (
     base_reference,
 )
 from acclimate.backbones import create_backbone
-from acclimate.backbones.layout import channels_last, has_convolutions
 from acclimate.budget import TimeBudget, parse_duration
 from acclimate.callbacks import KNNMonitor, RunMetadata
 from acclimate.config import Recipe, construct, load_recipe
@@ -149,9 +148,7 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool) -> tuple[Path, dict[str,
     backbone, dm, norm = _build_data(recipe, run_dir)
     model = _build_model(recipe, backbone, dm.batch_size)
     settings = construct(recipe, "trainer", TrainerSettings)
-    if settings.channels_last and has_convolutions(model.module):
-        channels_last(model.module)  # student, teachers and the frozen start alike
-        channels_last(model.start)
+    settings.lay_out(model.module, model.start)  # student, teachers and the frozen start alike
     if settings.compile:  # after the layout: the compiled graphs are specialised to it
         compiled = compile_networks(model.module.networks())
         log.info("trainer.compile: %d network(s) compile on the first steps", len(compiled))

@@ -23,6 +23,9 @@ Measured, each in its own process (so that thread settings and caches do not lea
   acclimate's process first does what ``acclimate train`` does, ``reuse_freed_memory`` (glibc
   malloc with no mmap and no trim, inherited by the loader's workers); lightly's keeps glibc's
   defaults unless ``--lightly-malloc reuse`` (a reference: the same setting on its loop).
+  acclimate's networks get the layout ``acclimate train`` gives them (``TrainerSettings.lay_out``:
+  channels-last for a CNN); lightly's example keeps PyTorch's default unless
+  ``--lightly-layout channels-last`` (a reference: lightly's loop with that one line added).
   "data wait" is the time per step the training process spends between the end of one step and
   the start of the next (waiting for the loader, plus Lightning's bookkeeping for acclimate).
 * ``fixed-all``: the training steps alone on one fixed pre-made batch of random crops (no data
@@ -30,7 +33,8 @@ Measured, each in its own process (so that thread settings and caches do not lea
   same load: lightly's loop step, acclimate's DINO step through the hooks Lightning calls
   (schedules, ``training_step``, backward, clipping, ``optimizer_step`` + EMA; a stub instead
   of the Trainer, no logging) and a plain forward + backward + AdamW of the bare backbone on
-  the same crops (one pass per crop size): the "plain" step of the targets.
+  the same crops (one pass per crop size, channels-last for a CNN: the plain loop at its
+  fastest): the "plain" step of the targets.
 
 acclimate is trained with ``freeze_backbone_epochs=0`` and ``freeze_last_layer_epochs=0`` so that
 it does the same work as lightly (its defaults freeze the backbone / prototype layer for the
@@ -221,6 +225,8 @@ def lightly_step(args: argparse.Namespace, total: int):
 
     net = backbone(args)
     model = LightlyDINO(net, feature_dim(net)).train()
+    if args.lightly_layout == "channels-last":
+        model.to(memory_format=torch.channels_last)
     criterion = DINOLoss(output_dim=HEAD["out_dim"], warmup_teacher_temp_epochs=0)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.04)
 
@@ -309,6 +315,7 @@ def acclimate_fit(args: argparse.Namespace, train_data: object) -> dict:
         precision=args.precision,
         progress_bar=False,
     )
+    settings.lay_out(module)  # what `acclimate train` does before fitting
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = settings.build(Path(run_dir), [timer])
         trainer.fit(module, datamodule=train_data)
@@ -362,11 +369,13 @@ def acclimate_step(args: argparse.Namespace, total: int):
     from types import SimpleNamespace
 
     from acclimate.ssl import METHODS, OptimSettings
+    from acclimate.trainer_settings import TrainerSettings
 
     optim = OptimSettings(freeze_backbone_epochs=0.0)
     module = METHODS["dino"](
         backbone(args), batch_size=args.batch, optim=optim, freeze_last_layer_epochs=0.0, **HEAD
     ).train()
+    TrainerSettings().lay_out(module)  # what `acclimate train` does before fitting
     trainer = SimpleNamespace(
         global_step=0,
         num_training_batches=total,
@@ -406,8 +415,10 @@ def acclimate_step(args: argparse.Namespace, total: int):
 def plain_step(args: argparse.Namespace, total: int):
     """Forward + backward + AdamW of the bare backbone on the crops, one pass per crop size."""
     from acclimate.ssl.dino import forward_by_size
+    from acclimate.trainer_settings import TrainerSettings
 
     model = backbone(args).train()
+    TrainerSettings().lay_out(model)  # channels-last for a CNN: a plain loop at its fastest
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
     def step(views: list[Tensor], i: int) -> None:
@@ -478,6 +489,13 @@ def main() -> None:
         help="lightly's end-to-end run with glibc's defaults (what its users get) or with "
         "acclimate's setting (acclimate.malloc.reuse_freed_memory), as a reference",
     )
+    p.add_argument(
+        "--lightly-layout",
+        default="default",
+        choices=["default", "channels-last"],
+        help="lightly's networks in PyTorch's default layout (its example) or channels-last, "
+        "as a reference",
+    )
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     p.add_argument("--steps", type=int, default=15, help="timed steps (end to end)")
     p.add_argument("--fixed-steps", type=int, default=8, help="timed steps (fixed batch)")
@@ -526,7 +544,7 @@ def report(args: argparse.Namespace, r: dict[str, dict]) -> None:
         f"{os.cpu_count()} cores; "
         f"{args.workers} loader workers end to end; {args.steps} steps timed after "
         f"{args.warmup} (fixed batch: {args.fixed_steps}); malloc end to end: acclimate reuse, "
-        f"lightly {args.lightly_malloc}\n"
+        f"lightly {args.lightly_malloc}; lightly's layout: {args.lightly_layout}\n"
     )
     print("| measurement | lightly | acclimate | acclimate / lightly |")
     print("|---|---|---|---|")

@@ -73,6 +73,17 @@ def test_channels_last_step_equals_the_contiguous_one(name: str) -> None:
     assert not torch.allclose(_loss(plain, _batch(seed=3)), a, rtol=RTOL)  # the batch matters
 
 
+def test_lay_out_gives_every_network_the_trainer_settings_layout() -> None:
+    from acclimate.trainer_settings import TrainerSettings
+
+    module, start = _module("dino"), create_backbone("test_resnet")
+    TrainerSettings(channels_last=False).lay_out(module, start)
+    assert not is_channels_last(module.backbone) and not is_channels_last(start)
+    TrainerSettings().lay_out(module, None, start)  # None: a start already measured
+    nets = [module.backbone, module.teacher_backbone, start]
+    assert all(is_channels_last(n) for n in nets)
+
+
 # --- compile: no compilation needed -----------------------------------------------------------
 
 
