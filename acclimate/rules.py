@@ -101,7 +101,7 @@ def _precisions() -> list[str]:
 
 
 def _precision(value: Any) -> str | None:
-    names = _precisions()
+    names = ["auto", *_precisions()]  # auto: acclimate.precision decides per run
     return None if value in names else f"one of {', '.join(names)}"
 
 

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -18,6 +18,7 @@ from acclimate.backbones.layout import channels_last, has_convolutions
 from acclimate.budget import TimeBudget
 from acclimate.callbacks import AtomicCheckpointIO, ReuseFreedMemory
 from acclimate.guard import TrainingGuard
+from acclimate.precision import AUTO, resolve_precision
 from acclimate.resume import RNGState
 
 
@@ -34,7 +35,10 @@ class TrainerSettings:
             plan. ``max_epochs`` is then ignored; ``max_steps`` still caps the plan.
         accelerator, devices, num_nodes, strategy: as in Lightning (``auto``, ``cpu``, ``gpu``;
             ``ddp``, ``fsdp``); launch multi-node runs with torchrun or SLURM.
-        precision: ``32-true``, ``bf16-mixed`` (CPU and recent GPUs) or ``16-mixed`` (GPU).
+        precision: ``auto`` (bf16 autocast where it pays on this machine: a GPU with bf16, or
+            a transformer on a CPU whose bf16 matmuls run at least 2x float32; else float32;
+            `acclimate.precision`), ``32-true``, ``bf16-mixed`` (CPU and recent GPUs) or
+            ``16-mixed`` (GPU).
         accumulate_grad_batches: optimisation step every N batches. The learning rate scales
             with the whole accumulated batch, and DINO's and iBOT's centres update once per
             optimisation step on it; but SimCLR's and MoCo's negatives and every BatchNorm's
@@ -86,7 +90,7 @@ class TrainerSettings:
     devices: int | str | list[int] = "auto"
     num_nodes: int = 1
     strategy: str = "auto"
-    precision: str = "32-true"
+    precision: str = AUTO
     accumulate_grad_batches: int = 1
     gradient_clip_val: float | None = 3.0
     log_every_n_steps: int = 10
@@ -113,6 +117,13 @@ class TrainerSettings:
         if self.channels_last and present and has_convolutions(present[0]):
             for module in present:
                 channels_last(module)
+
+    def for_networks(self, networks: list[nn.Module]) -> TrainerSettings:
+        """These settings with ``precision: auto`` decided for ``networks`` (the ones a step
+        runs, `SSLModule.networks`) on this machine (`acclimate.precision`)."""
+        return replace(
+            self, precision=resolve_precision(self.precision, self.accelerator, networks)
+        )
 
     def world_size(self) -> int:
         """Processes this run will use (devices x nodes), as far as it is known before start."""
@@ -170,7 +181,7 @@ class TrainerSettings:
             devices=self.devices,
             num_nodes=self.num_nodes,
             strategy=self._strategy(),
-            precision=self.precision,
+            precision=resolve_precision(self.precision, self.accelerator, []),
             accumulate_grad_batches=self.accumulate_grad_batches,
             gradient_clip_val=self.gradient_clip_val,
             log_every_n_steps=self.log_every_n_steps,

@@ -147,7 +147,7 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool) -> tuple[Path, dict[str,
     torch.set_float32_matmul_precision("high")
     backbone, dm, norm = _build_data(recipe, run_dir)
     model = _build_model(recipe, backbone, dm.batch_size)
-    settings = construct(recipe, "trainer", TrainerSettings)
+    settings = construct(recipe, "trainer", TrainerSettings).for_networks(model.module.networks())
     settings.lay_out(model.module, model.start)  # student, teachers and the frozen start alike
     if settings.compile:  # after the layout: the compiled graphs are specialised to it
         compiled = compile_networks(model.module.networks())

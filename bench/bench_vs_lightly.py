@@ -28,6 +28,7 @@ Measured, each in its own process (so that thread settings and caches do not lea
   ``--lightly-layout channels-last`` (a reference: lightly's loop with that one line added).
   "data wait" is the time per step the training process spends between the end of one step and
   the start of the next (waiting for the loader, plus Lightning's bookkeeping for acclimate).
+  "peak RSS" is the training process's own (``ru_maxrss``; the loader's workers not counted).
 * ``fixed-all``: the training steps alone on one fixed pre-made batch of random crops (no data
   loading), in one process with the three steps interleaved step by step so that they see the
   same load: lightly's loop step, acclimate's DINO step through the hooks Lightning calls
@@ -51,6 +52,7 @@ import argparse
 import json
 import logging
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -67,6 +69,7 @@ ROOT = Path(__file__).resolve().parents[1]
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 HEAD = {"hidden_dim": 1024, "bottleneck_dim": 256, "out_dim": 2048}
+SIDES = ("lightly", "acclimate")
 PARTS = [
     "aug-lightly",
     "aug-acclimate",
@@ -210,9 +213,21 @@ class LightlyDINO(nn.Module):
         return self.teacher_head(self.teacher_backbone(x).flatten(start_dim=1))
 
 
-def _autocast(args: argparse.Namespace) -> torch.autocast:
-    """bf16 autocast on the CPU under ``--precision bf16-mixed`` (what Lightning's plugin does)."""
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16-mixed")
+def _autocast(precision: str) -> torch.autocast:
+    """bf16 autocast on the CPU for ``bf16-mixed`` (what Lightning's plugin does)."""
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
+
+
+def lightly_precision(args: argparse.Namespace) -> str:
+    """lightly's example trains in float32; ``--precision auto`` is acclimate's default only."""
+    return "32-true" if args.precision == "auto" else args.precision
+
+
+def acclimate_precision(args: argparse.Namespace, networks: list[nn.Module]) -> str:
+    """What ``acclimate train`` trains ``networks`` at with ``trainer.precision=args.precision``."""
+    from acclimate.precision import resolve_precision
+
+    return resolve_precision(args.precision, "cpu", networks)
 
 
 def lightly_step(args: argparse.Namespace, total: int):
@@ -225,6 +240,7 @@ def lightly_step(args: argparse.Namespace, total: int):
 
     net = backbone(args)
     model = LightlyDINO(net, feature_dim(net)).train()
+    precision = lightly_precision(args)
     if args.lightly_layout == "channels-last":
         model.to(memory_format=torch.channels_last)
     criterion = DINOLoss(output_dim=HEAD["out_dim"], warmup_teacher_temp_epochs=0)
@@ -234,7 +250,7 @@ def lightly_step(args: argparse.Namespace, total: int):
         m = cosine_schedule(i, total, 0.996, 1)
         update_momentum(model.student_backbone, model.teacher_backbone, m=m)
         update_momentum(model.student_head, model.teacher_head, m=m)
-        with _autocast(args):
+        with _autocast(precision):
             teacher_out = [model.forward_teacher(v) for v in views[:2]]
             student_out = [model.forward(v) for v in views]
             loss = criterion(teacher_out, student_out, epoch=0)
@@ -257,7 +273,7 @@ def lightly_loop(args: argparse.Namespace, batches) -> dict:
         starts.append(time.perf_counter())
         step(views, i)
         ends.append(time.perf_counter())
-    return summarise(args, starts, ends)
+    return summarise(args, starts, ends) | {"precision": lightly_precision(args)}
 
 
 def summarise(args: argparse.Namespace, starts: list[float], ends: list[float]) -> dict:
@@ -314,12 +330,12 @@ def acclimate_fit(args: argparse.Namespace, train_data: object) -> dict:
         devices=1,
         precision=args.precision,
         progress_bar=False,
-    )
-    settings.lay_out(module)  # what `acclimate train` does before fitting
+    ).for_networks(module.networks())  # what `acclimate train` does before fitting
+    settings.lay_out(module)
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = settings.build(Path(run_dir), [timer])
         trainer.fit(module, datamodule=train_data)
-    return summarise(args, timer.starts, timer.ends)
+    return summarise(args, timer.starts, timer.ends) | {"precision": settings.precision}
 
 
 def e2e(args: argparse.Namespace, side: str) -> dict:
@@ -376,6 +392,7 @@ def acclimate_step(args: argparse.Namespace, total: int):
         backbone(args), batch_size=args.batch, optim=optim, freeze_last_layer_epochs=0.0, **HEAD
     ).train()
     TrainerSettings().lay_out(module)  # what `acclimate train` does before fitting
+    precision = acclimate_precision(args, module.networks())
     trainer = SimpleNamespace(
         global_step=0,
         num_training_batches=total,
@@ -399,7 +416,7 @@ def acclimate_step(args: argparse.Namespace, total: int):
 
         def closure() -> Tensor:
             optimizer.zero_grad(set_to_none=True)
-            with _autocast(args):
+            with _autocast(precision):
                 loss = module.training_step(batch, i)
             loss.backward()
             module.on_after_backward()
@@ -419,11 +436,12 @@ def plain_step(args: argparse.Namespace, total: int):
 
     model = backbone(args).train()
     TrainerSettings().lay_out(model)  # channels-last for a CNN: a plain loop at its fastest
+    precision = acclimate_precision(args, [model])  # the precision acclimate's step runs at
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
     def step(views: list[Tensor], i: int) -> None:
         optimizer.zero_grad(set_to_none=True)
-        with _autocast(args):
+        with _autocast(precision):
             loss = forward_by_size(model, views).float().pow(2).mean()
         loss.backward()
         optimizer.step()
@@ -467,7 +485,10 @@ def run_part(args: argparse.Namespace) -> dict:
         from acclimate.malloc import reuse_freed_memory
 
         reuse_freed_memory()  # what `acclimate train` does first (glibc: no mmap, no trim)
-    return {"aug": aug, "e2e": e2e, "fixed": fixed}[kind](args, side)
+    result = {"aug": aug, "e2e": e2e, "fixed": fixed}[kind](args, side)
+    if kind == "e2e":  # this process trained; its loader workers are not counted
+        result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return result
 
 
 def main() -> None:
@@ -480,7 +501,11 @@ def main() -> None:
     p.add_argument("--n-local", type=int, default=4)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument(
-        "--precision", default="32-true", choices=["32-true", "bf16-mixed"], help="both sides"
+        "--precision",
+        default="auto",
+        choices=["auto", "32-true", "bf16-mixed"],
+        help="both sides; auto: acclimate's default (acclimate.precision decides; lightly's "
+        "example and the plain step: float32 / the same as acclimate's)",
     )
     p.add_argument(
         "--lightly-malloc",
@@ -546,6 +571,9 @@ def report(args: argparse.Namespace, r: dict[str, dict]) -> None:
         f"{args.warmup} (fixed batch: {args.fixed_steps}); malloc end to end: acclimate reuse, "
         f"lightly {args.lightly_malloc}; lightly's layout: {args.lightly_layout}\n"
     )
+    if "e2e-lightly" in r or "e2e-acclimate" in r:
+        sides = [f"{s} {r.get(f'e2e-{s}', {}).get('precision', '-')}" for s in SIDES]
+        print(f"precision end to end: {', '.join(sides)}\n")
     print("| measurement | lightly | acclimate | acclimate / lightly |")
     print("|---|---|---|---|")
     rows = [
@@ -553,6 +581,7 @@ def report(args: argparse.Namespace, r: dict[str, dict]) -> None:
         ("end to end, images/s of the median step", "e2e", "median_images_per_s", ".1f"),
         ("end to end, s/step", "e2e", "step_s", ".2f"),
         ("end to end, data wait s/step", "e2e", "wait_s", ".3f"),
+        ("end to end, peak RSS of the training process (MB)", "e2e", "peak_rss_mb", ".0f"),
         ("fixed batch (no loading), images/s", "fixed", "images_per_s", ".1f"),
         ("fixed batch, images/s of the median step", "fixed", "median_images_per_s", ".1f"),
         ("fixed batch, s/step", "fixed", "step_s", ".2f"),
