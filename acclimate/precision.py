@@ -15,7 +15,10 @@ fast bf16 kernel). So ``auto`` decides per run:
 
 Autocast keeps the weights, the optimiser and the losses' softmaxes in float32; only the matmuls
 and convolutions run in bf16 (Kalamkar et al., "A Study of BFLOAT16 for Deep Learning
-Training", 2019). The decision and the probe's figures go to the run's log.
+Training", 2019). The decision and the probe's figures go to the run's log. Every process
+decides for itself (before its Trainer exists, so without a collective): the ranks of one
+machine see the same hardware; ranks that chose differently still train one model correctly,
+since gradients and weights stay float32.
 """
 
 from __future__ import annotations
@@ -41,8 +44,8 @@ def is_transformer(module: nn.Module) -> bool:
 
 
 def model_width(module: nn.Module) -> int:
-    """The width of ``module``'s widest square-ish linear input (a ViT's embedding dimension):
-    the in-features of its most common ``nn.Linear``."""
+    """The in-features of ``module``'s most common ``nn.Linear`` (a ViT's embedding dimension:
+    its blocks' qkv, projection and first MLP layers take it); 256 without any."""
     widths = [m.in_features for m in module.modules() if isinstance(m, nn.Linear)]
     return statistics.mode(widths) if widths else 256
 
