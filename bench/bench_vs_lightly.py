@@ -4,7 +4,10 @@ Config (both sides): timm ``tf_efficientnet_lite0`` with random weights, the Eur
 (``samples/eurosat/train``, 64 px JPEGs), 2 global crops of 64 px + 4 local crops of 32 px with
 DINO's augmentations and default crop scales (acclimate: ``MultiCropTransform(preset="natural")``;
 lightly: ``DINOTransform(global_crop_size=64, local_crop_size=32, n_local_views=4)``), ImageNet
-normalisation, batch 64, DINO head 1024-256-2048, EMA teacher, AdamW, fp32, CPU.
+normalisation, batch 64, DINO head 1024-256-2048, EMA teacher, AdamW, CPU. Precision
+(``--precision``): ``auto`` by default, each side as its users run it (acclimate's
+``trainer.precision: auto`` decides, `acclimate.precision`; lightly's example is float32), or
+``32-true`` / ``bf16-mixed`` for both.
 
 Measured, each in its own process (so that thread settings and caches do not leak):
 
@@ -43,7 +46,7 @@ first epoch); its other defaults stay (notably ``freeze_norm_stats: true``, Batc
 mode; lightly's example trains BatchNorm statistics).
 
     pip install --no-deps lightly      # the `bench` extra, without hydra-core (omegaconf<2.4)
-    python bench/bench_vs_lightly.py   # about 2.5 minutes on 2 CPU cores
+    python bench/bench_vs_lightly.py   # about 4 minutes on 2 CPU cores
 """
 
 from __future__ import annotations
