@@ -18,7 +18,7 @@ from acclimate.backbones.layout import channels_last, has_convolutions
 from acclimate.budget import TimeBudget
 from acclimate.callbacks import AtomicCheckpointIO, ReuseFreedMemory
 from acclimate.guard import TrainingGuard
-from acclimate.precision import AUTO, resolve_precision
+from acclimate.precision import AUTO, on_cuda, resolve_precision
 from acclimate.resume import RNGState
 
 
@@ -210,6 +210,5 @@ def device_count(devices: int | str | list[int], accelerator: str = "auto") -> i
             return len([d for d in text.split(",") if d.strip()])
         devices = -1 if text == "auto" else int(text) if text.lstrip("-").isdigit() else 1
     if devices == -1:
-        gpu_ok = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-        return torch.cuda.device_count() if gpu_ok else 1
+        return torch.cuda.device_count() if on_cuda(accelerator) else 1
     return max(int(devices), 1)

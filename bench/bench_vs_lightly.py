@@ -228,9 +228,10 @@ def lightly_precision(args: argparse.Namespace) -> str:
 
 def acclimate_precision(args: argparse.Namespace, networks: list[nn.Module]) -> str:
     """What ``acclimate train`` trains ``networks`` at with ``trainer.precision=args.precision``."""
-    from acclimate.precision import resolve_precision
+    from acclimate.trainer_settings import TrainerSettings
 
-    return resolve_precision(args.precision, "cpu", networks)
+    settings = TrainerSettings(accelerator="cpu", precision=args.precision)
+    return settings.for_networks(networks).precision
 
 
 def lightly_step(args: argparse.Namespace, total: int):
@@ -331,10 +332,10 @@ def acclimate_fit(args: argparse.Namespace, train_data: object) -> dict:
         max_steps=args.warmup + args.steps,
         accelerator="cpu",
         devices=1,
-        precision=args.precision,
+        precision=acclimate_precision(args, module.networks()),
         progress_bar=False,
-    ).for_networks(module.networks())  # what `acclimate train` does before fitting
-    settings.lay_out(module)
+    )
+    settings.lay_out(module)  # what `acclimate train` does before fitting
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = settings.build(Path(run_dir), [timer])
         trainer.fit(module, datamodule=train_data)
