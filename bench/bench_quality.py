@@ -4,7 +4,8 @@ For each recipe x domain: train with ``trainer.max_time=BUDGET`` through ``accli
 CLI's path), then measure the starting backbone and the export with ``acclimate evaluate``'s
 protocol (linear probe with its weight decay chosen on a validation split, weighted kNN), on the
 domain's held-out split and on a labelled set of another domain (forgetting). Prints a Markdown
-table and saves every figure as JSON.
+table and saves every figure as JSON into ``--out``, where a row replaces the row of the same
+recipe and domain and the other rows stay.
 
     mkdir -p /tmp/acclimate-data
     for f in ../shared/data/*.tar.gz; do tar xzf $f -C /tmp/acclimate-data; done
@@ -159,15 +160,28 @@ def main() -> int:
             recipe = preset_recipe(DOMAINS[name]) if recipe_arg == "preset" else recipe_arg
             work = args.work / f"{Path(recipe).stem}-{name}-{time.strftime('%H%M%S')}"
             rows.append(run_one(recipe, DOMAINS[name], args.data_root, args.budget, work))
-            args.out.write_text(
-                json.dumps(
-                    {"rows": rows, "domains": {k: asdict(v) for k, v in DOMAINS.items()}}, indent=2
-                )
-                + "\n"
-            )
+            save(args.out, rows)
             print(table(rows), flush=True)
     print(table(rows))
     return 0
+
+
+def _key(row: dict) -> tuple[str, str]:
+    """A row's identity: its recipe file (relative to the repository) and its domain."""
+    recipe = Path(row["recipe"])
+    if recipe.is_absolute() and recipe.is_relative_to(ROOT):
+        recipe = recipe.relative_to(ROOT)
+    return str(recipe), row["domain"]
+
+
+def save(out: Path, rows: list[dict]) -> None:
+    """Write ``rows`` into ``out``, replacing the rows of the same recipe and domain and keeping
+    every other row already there (a run of one domain must not erase the others' figures)."""
+    kept = json.loads(out.read_text())["rows"] if out.is_file() else []
+    new = {_key(r) for r in rows}
+    merged = [r for r in kept if _key(r) not in new] + rows
+    domains = {k: asdict(v) for k, v in DOMAINS.items()}
+    out.write_text(json.dumps({"rows": merged, "domains": domains}, indent=2) + "\n")
 
 
 if __name__ == "__main__":
