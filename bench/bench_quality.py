@@ -15,6 +15,11 @@ recipe and domain and the other rows stay.
 ``--recipes preset`` (the default) runs each domain with its preset's recipe,
 ``recipes/PRESET/efficientnet_lite0.yaml``; name recipe files to run each of them on every domain.
 
+A wall-clock budget measures the machine as much as the recipe (the same preset fitted 812 steps on
+one VM and 546 on a slower one), so every row also records ``reference_step_s``: the median time of
+one training step of a fixed network on the same machine, timed before and after the run, with the
+CPU model and the commit. Compare rows whose reference times agree, or scale the budget by them.
+
 Not part of the tests. Other domains: ``--domain NAME=SRC:TRAIN:TEST:PRESET:SIZE``.
 """
 
@@ -22,6 +27,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import platform
+import statistics
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -48,6 +56,52 @@ DOMAINS = {
 }
 # forgetting: each domain is checked on another domain's labelled set
 FORGETTING = {"eurosat": "ucmerced", "ucmerced": "eurosat", "bccd": "eurosat", "mednist": "eurosat"}
+
+
+def reference_step_s(steps: int = 8, warmup: int = 2) -> float:
+    """Median seconds of one fp32 training step (forward, backward, SGD update) of a randomly
+    initialised ``tf_efficientnet_lite0`` on a batch of 32 RGB images of 64 x 64 px, on the threads
+    torch uses here: a yardstick of the machine that no recipe or data changes."""
+    import timm
+    import torch
+
+    torch.manual_seed(0)
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=10)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x, y = torch.randn(32, 3, 64, 64), torch.randint(0, 10, (32,))
+    times = []
+    for i in range(warmup + steps):
+        t = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        if i >= warmup:
+            times.append(time.perf_counter() - t)
+    return round(statistics.median(times), 4)
+
+
+def machine() -> dict:
+    """Where a row was measured: CPU model, torch threads and the commit (``+dirty`` if edited)."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        names = [
+            ln.split(":", 1)[1].strip()
+            for ln in cpuinfo.read_text().splitlines()
+            if ln.startswith("model name")
+        ]
+        cpu = names[0] if names else cpu
+
+    def git(*a: str) -> str:
+        r = subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True, check=False)
+        return r.stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    if git("status", "--porcelain", "--untracked-files=no"):
+        commit += "+dirty"
+    return {"cpu": cpu, "torch_threads": torch.get_num_threads(), "commit": commit}
 
 
 def preset_recipe(domain: Domain) -> str:
@@ -92,9 +146,11 @@ def run_one(recipe: str, domain: Domain, root: Path, budget: str, work: Path) ->
         "trainer": {"max_time": budget, "progress_bar": False},
     }
     run_dir = work / f"{Path(recipe).stem}-{domain.name}"
+    ref_before = reference_step_s()
     start = time.monotonic()
     run = acclimate.train(recipe, run_dir=run_dir, **overrides)
     wall = time.monotonic() - start
+    ref_after = reference_step_s()
     import torch
 
     saved = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
@@ -117,20 +173,25 @@ def run_one(recipe: str, domain: Domain, root: Path, budget: str, work: Path) ->
         "forgetting_domain": other.name,
         "forgetting": {k: fa[k] - fb[k] for k in ("linear_top1", "knn_top1")},
         "training_own_before_after": run.metrics.get("delta"),
+        "reference_step_s": {"before": ref_before, "after": ref_after},
+        "machine": machine(),
     }
 
 
 def table(rows: list[dict]) -> str:
     head = (
-        "| recipe | domain | budget (wall s, steps) | linear before -> after (delta) "
-        "| kNN before -> after (delta) | forgetting linear / kNN |\n|---|---|---|---|---|---|"
+        "| recipe | domain | budget (wall s, steps) | reference step s | linear before -> after "
+        "(delta) | kNN before -> after (delta) | forgetting linear / kNN |\n"
+        "|---|---|---|---|---|---|---|"
     )
     lines = [head]
     for r in rows:
         b, a, d, f = r["before"], r["after"], r["delta"], r["forgetting"]
+        ref = r.get("reference_step_s")  # rows saved before 2026-12-07 have none
+        ref_text = f"{ref['before']:.3f} / {ref['after']:.3f}" if ref else "-"
         lines.append(
             f"| {Path(r['recipe']).name} | {r['domain']} | {r['budget']} ({r['wall_s']} s, "
-            f"{r['steps']}) | {b['linear_top1']:.4f} -> {a['linear_top1']:.4f} "
+            f"{r['steps']}) | {ref_text} | {b['linear_top1']:.4f} -> {a['linear_top1']:.4f} "
             f"({d['linear_top1']:+.4f}) | {b['knn_top1']:.4f} -> {a['knn_top1']:.4f} "
             f"({d['knn_top1']:+.4f}) | {f['linear_top1']:+.4f} / {f['knn_top1']:+.4f} "
             f"({r['forgetting_domain']}) |"
