@@ -36,8 +36,10 @@ def recipe_settings(path: Path) -> dict:
     """The recipe's own YAML merged over its ``base`` chain (only what the test needs)."""
     raw = yaml.safe_load(path.read_text()) or {}
     merged: dict = {}
-    if raw.get("base"):
-        merged = recipe_settings((path.parent / raw["base"]).resolve())
+    bases = raw.pop("base", None) or []
+    for base in [bases] if isinstance(bases, str) else bases:  # a path or a list, parents first
+        for key, value in recipe_settings((path.parent / base).resolve()).items():
+            merged[key] = {**merged.get(key, {}), **value} if isinstance(value, dict) else value
     for key, value in raw.items():
         if isinstance(value, dict):
             merged[key] = {**merged.get(key, {}), **value}
