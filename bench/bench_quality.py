@@ -18,7 +18,8 @@ recipe and domain and the other rows stay.
 A wall-clock budget measures the machine as much as the recipe (the same preset fitted 812 steps on
 one VM and 546 on a slower one), so every row also records ``reference_step_s``: the median time of
 one training step of a fixed network on the same machine, timed before and after the run, with the
-CPU model and the commit. Compare rows whose reference times agree, or scale the budget by them.
+load average then (other processes slow it too), the CPU model and the commit. Compare rows whose
+reference times agree, or scale the budget by them.
 
 Not part of the tests. Other domains: ``--domain NAME=SRC:TRAIN:TEST:PRESET:SIZE``.
 """
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -78,6 +80,15 @@ def reference_step_s(steps: int = 8, warmup: int = 2) -> float:
         if i >= warmup:
             times.append(time.perf_counter() - t)
     return round(statistics.median(times), 4)
+
+
+def _load() -> float | None:
+    """The 1-minute load average (None where the system has none): a reference step timed while
+    other processes run reads slow, and this says so."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
 
 
 def machine() -> dict:
@@ -146,11 +157,11 @@ def run_one(recipe: str, domain: Domain, root: Path, budget: str, work: Path) ->
         "trainer": {"max_time": budget, "progress_bar": False},
     }
     run_dir = work / f"{Path(recipe).stem}-{domain.name}"
-    ref_before = reference_step_s()
+    ref_before, load_before = reference_step_s(), _load()
     start = time.monotonic()
     run = acclimate.train(recipe, run_dir=run_dir, **overrides)
     wall = time.monotonic() - start
-    ref_after = reference_step_s()
+    ref_after, load_after = reference_step_s(), _load()
     import torch
 
     saved = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
@@ -174,6 +185,7 @@ def run_one(recipe: str, domain: Domain, root: Path, budget: str, work: Path) ->
         "forgetting": {k: fa[k] - fb[k] for k in ("linear_top1", "knn_top1")},
         "training_own_before_after": run.metrics.get("delta"),
         "reference_step_s": {"before": ref_before, "after": ref_after},
+        "load_avg_1min": {"before": load_before, "after": load_after},  # others' work slows it too
         "machine": machine(),
     }
 
