@@ -19,7 +19,8 @@ A wall-clock budget measures the machine as much as the recipe (the same preset 
 one VM and 546 on a slower one), so every row also records ``reference_step_s``: the median time of
 one training step of a fixed network on the same machine, timed before and after the run, with the
 load average then (other processes slow it too), the CPU model and the commit. Compare rows whose
-reference times agree, or scale the budget by them.
+reference times agree; it catches contention, not every way two VMs differ (a BCCD DINO step took
+2.9 s on a VM where the reference read 0.19 s), so compare the steps that fitted too.
 
 Not part of the tests. Other domains: ``--domain NAME=SRC:TRAIN:TEST:PRESET:SIZE``.
 """
