@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import timm
 import torch
-import yaml
 from conftest import make_class_folders
 from safetensors.torch import load_file, save_file
 
 from acclimate.cli import main
+from acclimate.config import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted(
@@ -33,19 +33,18 @@ KNOWN_FAILURES: dict[str, str] = {}
 
 
 def recipe_settings(path: Path) -> dict:
-    """The recipe's own YAML merged over its ``base`` chain (only what the test needs)."""
-    raw = yaml.safe_load(path.read_text()) or {}
-    merged: dict = {}
-    bases = raw.pop("base", None) or []
-    for base in [bases] if isinstance(bases, str) else bases:  # a path or a list, parents first
-        for key, value in recipe_settings((path.parent / base).resolve()).items():
-            merged[key] = {**merged.get(key, {}), **value} if isinstance(value, dict) else value
-    for key, value in raw.items():
-        if isinstance(value, dict):
-            merged[key] = {**merged.get(key, {}), **value}
-        else:
-            merged[key] = value
-    return merged
+    """What the recipe and its ``base`` chain set themselves, merged by acclimate's own loader
+    (``load_recipe``), without the defaults that validation fills in (two levels: section.key)."""
+    recipe = load_recipe(path)
+    settings: dict = {}
+    for key in recipe.origin:  # every key some file of the chain set
+        section, _, name = key.partition(".")
+        if not name:
+            value = recipe.data[section]
+            settings.setdefault(section, {} if isinstance(value, dict) else value)
+        elif "." not in name:
+            settings.setdefault(section, {})[name] = recipe.data[section][name]
+    return settings
 
 
 # ----------------------------------------------------------------------------- tiny data
